@@ -1,0 +1,334 @@
+"""Start and stop the local stack's processes; each writes a pid file and a log under root."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis import Redis
+
+from shared.config import Settings
+from shared.storage import S3ArtifactStore
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll `predicate` until it returns truthy (exceptions count as not yet)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else ""))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int | None = None, grpc_too: bool = False) -> int:
+    """A free loopback port; SeaweedFS also needs port + 10000 for gRPC."""
+    def ok(p: int) -> bool:
+        return _port_free(p) and (not grpc_too or (p + 10000 < 65536 and _port_free(p + 10000)))
+
+    if preferred and ok(preferred):
+        return preferred
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 55000 and ok(port):
+            return port
+    raise StackError("no free port found")
+
+
+@dataclass
+class Process:
+    """A background service with a pid file and a log file."""
+
+    name: str
+    argv: list[str]
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "pids" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "logs" / f"{self.name}.log"
+
+    def start(self) -> None:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, start_new_session=True,  # own process group
+            )
+        self.pid_file.write_text(str(proc.pid))
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        # A zombie child of ours counts as dead.
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return True
+
+    def signal(self, sig: int) -> None:
+        pid = self.pid()
+        if pid is not None:
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                pass
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left."""
+        pid = self.pid()
+        if pid is None:
+            return
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            time.sleep(0.2)
+        _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@dataclass
+class StackConfig:
+    root: Path
+    redis_port: int
+    s3_port: int
+    api_port: int
+    access_key: str
+    secret_key: str
+    bucket: str = "trainyard"
+    workers: int = 1
+
+    @classmethod
+    def fresh(cls, root: Path, workers: int = 1, preferred: bool = True) -> StackConfig:
+        """New credentials and free ports (the usual ones when free and `preferred`)."""
+        return cls(
+            root=root,
+            redis_port=free_port(6379 if preferred else None),
+            s3_port=free_port(8333 if preferred else None, grpc_too=True),
+            api_port=free_port(8000 if preferred else None),
+            access_key="ty" + secrets.token_hex(8),
+            secret_key=secrets.token_urlsafe(24),
+            workers=workers,
+        )
+
+    def save(self) -> None:
+        data = {k: v for k, v in self.__dict__.items() if k != "root"}
+        (self.root / "stack.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> StackConfig | None:
+        try:
+            return cls(root=root, **json.loads((root / "stack.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self) -> dict[str, str]:
+        """TRAINYARD_* settings every process of this stack runs with."""
+        return {
+            "TRAINYARD_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "TRAINYARD_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
+            "TRAINYARD_S3_ACCESS_KEY": self.access_key,
+            "TRAINYARD_S3_SECRET_KEY": self.secret_key,
+            "TRAINYARD_S3_BUCKET": self.bucket,
+            "TRAINYARD_S3_SECURE": "false",
+            "TRAINYARD_API_HOST": "127.0.0.1",
+            "TRAINYARD_API_PORT": str(self.api_port),
+            "TRAINYARD_API_URL": self.api_url,
+            "TRAINYARD_DATA_DIR": str(self.root / "data"),
+        }
+
+    def settings(self) -> Settings:
+        return Settings(_env_file=None, **{k.removeprefix("TRAINYARD_"): v for k, v in self.env().items()})  # type: ignore[call-arg]
+
+
+class Stack:
+    """Redis + SeaweedFS S3 + API + N Celery workers, on loopback, under `config.root`."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        root = config.root
+        c = config
+        env = c.env()
+        redis_dir = root / "redis"
+        weed_dir = root / "s3"
+        self.redis = Process("redis", [
+            _binary("redis-server"), "--port", str(c.redis_port), "--bind", "127.0.0.1",
+            "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes",
+        ], root)
+        p = c.s3_port
+        self.s3 = Process("s3", [
+            _binary("weed"), "server", f"-dir={weed_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-s3", f"-s3.port={p}", f"-s3.config={root / 's3-identities.json'}",
+            f"-master.port={free_port(p + 1, grpc_too=True)}",
+            f"-volume.port={free_port(p + 2, grpc_too=True)}",
+            f"-filer.port={free_port(p + 3, grpc_too=True)}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024",
+            "-master.telemetry=false",
+        ], root)
+        self.api = Process("api", [
+            str(VENV_BIN / "python"), "-m", "uvicorn", "services.api.main:app",
+            "--host", "127.0.0.1", "--port", str(c.api_port), "--no-access-log",
+        ], root, env)
+        self.workers = [
+            Process(f"worker-{i}", [
+                str(VENV_BIN / "python"), "-m", "celery", "-A", "workers.trainer.celery_app",
+                "worker", "-Q", c.settings().QUEUE, "--concurrency", "1", "--loglevel", "INFO",
+                "-n", f"worker-{i}-{c.api_port}@%h", "--without-mingle", "--without-gossip",
+            ], root, env)
+            for i in range(c.workers)
+        ]
+        self._dirs = (redis_dir, weed_dir)
+
+    @property
+    def processes(self) -> list[Process]:
+        return [self.redis, self.s3, self.api, *self.workers]
+
+    def up(self, timeout: float = 90.0) -> None:
+        """Start what is not running and wait until the API says it is ready."""
+        for d in self._dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        self.config.save()
+        identities = {"identities": [{
+            "name": "trainyard",
+            "credentials": [{"accessKey": self.config.access_key, "secretKey": self.config.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}
+        ids = self.config.root / "s3-identities.json"
+        ids.write_text(json.dumps(identities))
+        ids.chmod(0o600)
+        try:
+            self._start(self.redis)
+            wait_for(self.redis_client().ping, 20, "redis")
+            self._start(self.s3)
+            # The S3 port opens before the filer is ready: wait for a real round trip.
+            store = S3ArtifactStore.from_settings(self.config.settings())
+            wait_for(lambda: _s3_round_trip(store), 60, "the S3 server")
+            self._start(self.api)
+            for worker in self.workers:
+                self._start(worker)
+            wait_for(self.ready, timeout, "the API's /readyz")
+            wait_for(self.workers_online, timeout, "the Celery workers")
+        except StackError as exc:
+            raise StackError(f"{exc}\n{self.logs()}") from exc
+        self.write_env()
+
+    def _start(self, proc: Process) -> None:
+        if not proc.alive():
+            proc.start()
+
+    def down(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+    def running(self) -> bool:
+        return all(p.alive() for p in self.processes)
+
+    def redis_client(self) -> Redis:
+        return Redis(port=self.config.redis_port, socket_timeout=5)
+
+    def ready(self) -> bool:
+        for proc in self.processes:
+            if not proc.alive():
+                raise StackError(f"{proc.name} exited")
+        r = httpx.get(f"{self.config.api_url}/readyz", timeout=5)
+        return r.status_code == 200
+
+    def workers_online(self) -> bool:
+        """Every worker has consumed from the queue's broker connection (Celery's own ping)."""
+        from shared.queue import make_celery
+
+        app = make_celery(self.config.settings())
+        replies = app.control.ping(timeout=1.0) or []
+        return len(replies) >= len(self.workers)
+
+    def write_env(self) -> Path:
+        path = self.config.root / "stack.env"
+        path.write_text("".join(f"{k}={v}\n" for k, v in self.config.env().items()))
+        path.chmod(0o600)
+        return path
+
+    def logs(self, lines: int = 20) -> str:
+        return "\n".join(f"--- {p.name} ({p.log_file})\n{p.tail(lines)}" for p in self.processes)
+
+
+def _s3_round_trip(store: S3ArtifactStore) -> bool:
+    store.ensure_bucket()
+    store.put_bytes(".ready", b"ok")
+    return store.get_bytes(".ready") == b"ok"
+
+
+def _binary(name: str) -> str:
+    for candidate in (VENV_BIN / name, shutil.which(name), Path("/usr/bin") / name, Path("/usr/sbin") / name):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise StackError(f"{name} not found: run `make install` (redis-server: apt-get install redis-server)")

@@ -1,0 +1,1 @@
+"""The REST API. Never imports torch: the API image installs none."""

@@ -1,0 +1,55 @@
+"""The FastAPI app: `uvicorn services.api.main:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis import Redis
+
+from services.api.routes import health, jobs
+from shared.config import Settings, get_settings
+from shared.events import EventStream
+from shared.jobs import JobNotFound, JobRegistry
+from shared.queue import make_celery
+from shared.status import IllegalTransition
+from shared.storage import S3ArtifactStore
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.REDIS_URL)
+        app.state.settings = settings
+        app.state.registry = JobRegistry(redis, settings.KEY_PREFIX)
+        app.state.events = EventStream(redis, settings.KEY_PREFIX)
+        app.state.store = S3ArtifactStore.from_settings(settings)
+        app.state.celery = make_celery(settings)
+        yield
+        redis.close()
+
+    app = FastAPI(
+        title="trainyard",
+        version="0.1.0",
+        summary="Submit PyTorch training jobs; follow their metrics; fetch their artifacts.",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(IllegalTransition)
+    async def conflict(_: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,195 @@
+"""Artifact storage behind one small interface, and the one place object keys are built."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from minio import Minio
+from minio.error import S3Error
+
+from shared.config import Settings
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """Object keys of one job's artifacts. Step numbers are zero-padded so keys sort by step."""
+
+    job_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"jobs/{self.job_id}/"
+
+    def checkpoint(self, step: int) -> str:
+        return f"{self.prefix}checkpoints/step-{step:08d}.pt"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.prefix}checkpoints/latest.json"
+
+    def sample(self, step: int) -> str:
+        return f"{self.prefix}samples/step-{step:08d}.png"
+
+    @property
+    def final_model(self) -> str:
+        return f"{self.prefix}final/model.pt"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.prefix}summary.json"
+
+    @property
+    def memory(self) -> str:
+        return f"{self.prefix}memory.json"
+
+    @property
+    def memory_summary(self) -> str:
+        return f"{self.prefix}memory_summary.txt"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ArtifactNotFound(KeyError):
+    pass
+
+
+class ArtifactStore(ABC):
+    """What trainyard needs from object storage; S3 in production, a folder in notebooks."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Store `data` under `key`, replacing any object there."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes; ArtifactNotFound if absent."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix`, sorted by key."""
+
+    @abstractmethod
+    def url(self, key: str, expires: timedelta) -> str:
+        """A URL a client can GET the object from, valid for `expires`."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise unless the store is reachable and its bucket exists."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.get_bytes(key)
+        except ArtifactNotFound:
+            return False
+        return True
+
+
+class S3ArtifactStore(ArtifactStore):
+    """Any S3-compatible server (MinIO, SeaweedFS, AWS) through the `minio` SDK."""
+
+    def __init__(self, client: Minio, bucket: str, presign_client: Minio | None = None) -> None:
+        self.client = client
+        self.bucket = bucket
+        # Presigned URLs are signed for the host clients will use, which may differ from the
+        # in-cluster endpoint; signing is local, so this client never opens a connection.
+        self.presign_client = presign_client or client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3ArtifactStore:
+        def client(endpoint: str) -> Minio:
+            return Minio(
+                endpoint,
+                access_key=settings.S3_ACCESS_KEY,
+                secret_key=settings.S3_SECRET_KEY,
+                secure=settings.S3_SECURE,
+                region=settings.S3_REGION,
+            )
+
+        public = settings.S3_PUBLIC_ENDPOINT
+        return cls(client(settings.S3_ENDPOINT), settings.S3_BUCKET, client(public) if public else None)
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            self.client.make_bucket(self.bucket)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ArtifactNotFound(key) from exc
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        found = [ObjectInfo(o.object_name or "", o.size or 0) for o in objects]
+        return sorted(found, key=lambda o: o.key)
+
+    def url(self, key: str, expires: timedelta) -> str:
+        return self.presign_client.presigned_get_object(self.bucket, key, expires=expires)
+
+    def ping(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            raise RuntimeError(f"bucket {self.bucket!r} does not exist")
+
+
+class LocalArtifactStore(ArtifactStore):
+    """A folder on disk: for running fit() in a notebook or a test without an S3 server."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"key escapes the store: {key!r}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic, like an S3 PUT
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ArtifactNotFound(key) from exc
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        found = [
+            ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.name.endswith(".tmp")
+        ]
+        return sorted((o for o in found if o.key.startswith(prefix)), key=lambda o: o.key)
+
+    def url(self, key: str, expires: timedelta) -> str:
+        return self._path(key).as_uri()
+
+    def ping(self) -> None:
+        if not self.root.is_dir():
+            raise RuntimeError(f"{self.root} is not a folder")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

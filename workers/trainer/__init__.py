@@ -1,0 +1,1 @@
+"""The training worker: a Celery app around a plain fit() function."""

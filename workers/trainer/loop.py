@@ -1,0 +1,91 @@
+"""fit(): the training loop. A plain function: no Celery, no Redis; call it from a notebook."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from shared.schemas import JobSpec, JobSummary
+from workers.trainer.data import Batches, load_dataset
+from workers.trainer.memory import MemoryMeter, pick_device
+from workers.trainer.recipes import Recipe, make_recipe
+from workers.trainer.run import JobCancelled, Run
+
+
+def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
+    """Train `spec`, writing checkpoints, sample grids and metrics to `run`; resumes if it can."""
+    run = run or Run.local()
+    device = pick_device(spec.device)
+    meter = MemoryMeter(device)
+    torch.manual_seed(spec.seed)
+    data = load_dataset(spec.dataset).to(device)
+    recipe = make_recipe(spec, data, device)
+    batches = Batches(data.train_x, data.train_y, spec.batch_size, spec.seed)
+    total = min(spec.epochs * len(batches), spec.max_steps or math.inf)
+    step = _resume(run, recipe)
+    run.emit("log", step, step // len(batches), info={"total_steps": total, "device": str(device),
+             "resumed_from": step}, flush=True)
+
+    images, train_s, window = 0, 0.0, time.perf_counter()
+    while step < total:
+        epoch, done_in_epoch = divmod(step, len(batches))
+        for x, y in batches.epoch(epoch, skip=done_in_epoch):
+            losses = recipe.train_step(x, y)
+            step += 1
+            images += len(x)
+            if step % spec.log_every == 0 or step == total:
+                train_s += time.perf_counter() - window  # float() below syncs CUDA first
+                run.emit("step", step, epoch, {**losses, "images_per_s": images / train_s, **meter.peak()})
+                window = time.perf_counter()
+            if step % spec.checkpoint_every == 0:
+                run.checkpoint(step, epoch, _state(recipe, step, epoch))
+            if step % spec.sample_every == 0:
+                run.sample(step, epoch, recipe.sample_grid())
+            if run.should_stop():
+                run.flush()
+                raise JobCancelled(step)
+            if step == total:
+                break
+        run.emit("epoch", step, epoch, recipe.evaluate(), flush=True)
+        window = time.perf_counter()  # evaluation is not training time
+
+    epoch = (step - 1) // len(batches)
+    run.checkpoint(step, epoch, _state(recipe, step, epoch))
+    run.sample(step, epoch, recipe.sample_grid())
+    run.put_model(recipe.export())
+    summary = JobSummary(
+        job_id=run.job_id, task=spec.task, model=spec.model, dataset=spec.dataset, steps=step,
+        epochs=epoch + 1, wall_s=train_s, images_per_s=images / max(train_s, 1e-9),
+        metrics=recipe.evaluate(), memory=meter.report(),
+    )
+    run.put_json(run.keys.memory, summary.memory)
+    if (table := meter.summary_text()) is not None:
+        run.put_text(run.keys.memory_summary, table)
+    run.put_json(run.keys.summary, summary)
+    run.emit("memory", step, epoch, meter.peak(), info={"note": summary.memory.note})
+    run.flush()
+    return summary
+
+
+def _state(recipe: Recipe, step: int, epoch: int) -> dict[str, Any]:
+    """One checkpoint dict (nanoGPT-style): weights, optimiser, where we are, RNG."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return {**recipe.state_dict(), "step": step, "epoch": epoch, "rng": rng}
+
+
+def _resume(run: Run, recipe: Recipe) -> int:
+    """Load the newest valid checkpoint into `recipe`; returns the step to continue from."""
+    found = run.restore()
+    if found is None:
+        return 0
+    _, state = found
+    recipe.load_state_dict(state)
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return int(state["step"])
