@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         stack = Stack(config)
         for proc in stack.processes:
-            print(f"{proc.name:10} {'up' if proc.alive() else 'down':5} pid={proc.pid()} log={proc.log_file}")
+            state = "up" if proc.alive() else "down"
+            print(f"{proc.name:10} {state:5} pid={proc.pid()} log={proc.log_file}")
         return 0 if stack.running() else 1
 
     # up: reuse the running stack (and its ports and keys) when there is one.

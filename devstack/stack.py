@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -28,7 +29,9 @@ class StackError(RuntimeError):
     pass
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2
+) -> None:
     """Poll `predicate` until it returns truthy (exceptions count as not yet)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -39,7 +42,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         except Exception as exc:
             last = exc
         time.sleep(interval)
-    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else ""))
+    raise StackError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else "")
+    )
 
 
 def _port_free(port: int) -> bool:
@@ -53,6 +58,7 @@ def _port_free(port: int) -> bool:
 
 def free_port(preferred: int | None = None, grpc_too: bool = False) -> int:
     """A free loopback port; SeaweedFS also needs port + 10000 for gRPC."""
+
     def ok(p: int) -> bool:
         return _port_free(p) and (not grpc_too or (p + 10000 < 65536 and _port_free(p + 10000)))
 
@@ -89,8 +95,12 @@ class Process:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, start_new_session=True,  # own process group
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,  # own process group
             )
         self.pid_file.write_text(str(proc.pid))
 
@@ -117,10 +127,8 @@ class Process:
     def signal(self, sig: int) -> None:
         pid = self.pid()
         if pid is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, sig)
-            except OSError:
-                pass
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left."""
@@ -146,10 +154,8 @@ class Process:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 @dataclass
@@ -207,7 +213,9 @@ class StackConfig:
         }
 
     def settings(self) -> Settings:
-        return Settings(_env_file=None, **{k.removeprefix("TRAINYARD_"): v for k, v in self.env().items()})  # type: ignore[call-arg]
+        """The Settings every process of this stack sees (ignores any stack.env on disk)."""
+        values = {k.removeprefix("TRAINYARD_"): v for k, v in self.env().items()}
+        return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
 class Stack:
@@ -220,31 +228,91 @@ class Stack:
         env = c.env()
         redis_dir = root / "redis"
         weed_dir = root / "s3"
-        self.redis = Process("redis", [
-            _binary("redis-server"), "--port", str(c.redis_port), "--bind", "127.0.0.1",
-            "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "yes",
-        ], root)
+        self.redis = Process(
+            "redis",
+            [
+                _binary("redis-server"),
+                "--port",
+                str(c.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(redis_dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+                "--save",
+                "",
+                "--protected-mode",
+                "yes",
+            ],
+            root,
+        )
         p = c.s3_port
-        self.s3 = Process("s3", [
-            _binary("weed"), "server", f"-dir={weed_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.port={p}", f"-s3.config={root / 's3-identities.json'}",
-            f"-master.port={free_port(p + 1, grpc_too=True)}",
-            f"-volume.port={free_port(p + 2, grpc_too=True)}",
-            f"-filer.port={free_port(p + 3, grpc_too=True)}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024",
-            "-master.telemetry=false",
-        ], root)
-        self.api = Process("api", [
-            str(VENV_BIN / "python"), "-m", "uvicorn", "services.api.main:app",
-            "--host", "127.0.0.1", "--port", str(c.api_port), "--no-access-log",
-        ], root, env)
+        self.s3 = Process(
+            "s3",
+            [
+                _binary("weed"),
+                "server",
+                f"-dir={weed_dir}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-s3",
+                f"-s3.port={p}",
+                f"-s3.config={root / 's3-identities.json'}",
+                f"-master.port={free_port(p + 1, grpc_too=True)}",
+                f"-volume.port={free_port(p + 2, grpc_too=True)}",
+                f"-filer.port={free_port(p + 3, grpc_too=True)}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.volumeSizeLimitMB=1024",
+                "-master.telemetry=false",
+            ],
+            root,
+        )
+        self.api = Process(
+            "api",
+            [
+                str(VENV_BIN / "python"),
+                "-m",
+                "uvicorn",
+                "services.api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(c.api_port),
+                "--no-access-log",
+            ],
+            root,
+            env,
+        )
         self.workers = [
-            Process(f"worker-{i}", [
-                str(VENV_BIN / "python"), "-m", "celery", "-A", "workers.trainer.celery_app",
-                "worker", "-Q", c.settings().QUEUE, "--concurrency", "1", "--loglevel", "INFO",
-                "-n", f"worker-{i}-{c.api_port}@%h", "--without-mingle", "--without-gossip",
-            ], root, env)
+            Process(
+                f"worker-{i}",
+                [
+                    str(VENV_BIN / "python"),
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.trainer.celery_app",
+                    "worker",
+                    "-Q",
+                    c.settings().QUEUE,
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    f"worker-{i}-{c.api_port}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                root,
+                env,
+            )
             for i in range(c.workers)
         ]
         self._dirs = (redis_dir, weed_dir)
@@ -258,11 +326,17 @@ class Stack:
         for d in self._dirs:
             d.mkdir(parents=True, exist_ok=True)
         self.config.save()
-        identities = {"identities": [{
-            "name": "trainyard",
-            "credentials": [{"accessKey": self.config.access_key, "secretKey": self.config.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}
+        identities = {
+            "identities": [
+                {
+                    "name": "trainyard",
+                    "credentials": [
+                        {"accessKey": self.config.access_key, "secretKey": self.config.secret_key}
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
         ids = self.config.root / "s3-identities.json"
         ids.write_text(json.dumps(identities))
         ids.chmod(0o600)
@@ -328,7 +402,14 @@ def _s3_round_trip(store: S3ArtifactStore) -> bool:
 
 
 def _binary(name: str) -> str:
-    for candidate in (VENV_BIN / name, shutil.which(name), Path("/usr/bin") / name, Path("/usr/sbin") / name):
+    for candidate in (
+        VENV_BIN / name,
+        shutil.which(name),
+        Path("/usr/bin") / name,
+        Path("/usr/sbin") / name,
+    ):
         if candidate and Path(candidate).exists():
             return str(candidate)
-    raise StackError(f"{name} not found: run `make install` (redis-server: apt-get install redis-server)")
+    raise StackError(
+        f"{name} not found: run `make install` (redis-server: apt-get install redis-server)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from redis import Redis
 
@@ -27,20 +28,29 @@ class EventStream:
         pipe = self.redis.pipeline(transaction=False)
         for event in events:
             payload = event.model_dump_json(exclude={"id"})
-            pipe.xadd(self.keys.events(job_id), {_FIELD: payload}, maxlen=MAX_EVENTS, approximate=True)
+            pipe.xadd(
+                self.keys.events(job_id), {_FIELD: payload}, maxlen=MAX_EVENTS, approximate=True
+            )
         return [_text(i) for i in pipe.execute()]
 
-    def read(self, job_id: str, after: str | None = None, count: int | None = None) -> list[JobEvent]:
+    def read(
+        self, job_id: str, after: str | None = None, count: int | None = None
+    ) -> list[JobEvent]:
         """The stream's history, oldest first, strictly after stream id `after` if given."""
         start = f"({after}" if after else "-"
-        entries = self.redis.xrange(self.keys.events(job_id), min=start, max="+", count=count)
+        key = self.keys.events(job_id)
+        entries: Any = self.redis.xrange(key, min=start, max="+", count=count)
         return [_decode(entry_id, fields) for entry_id, fields in entries]
 
-    def tail(self, job_id: str, after: str = "0-0", block_ms: int = 1000) -> Iterator[JobEvent | None]:
+    def tail(
+        self, job_id: str, after: str = "0-0", block_ms: int = 1000
+    ) -> Iterator[JobEvent | None]:
         """Yield events after `after` as they arrive; yields None after each idle `block_ms`."""
         last = after
         while True:
-            reply = self.redis.xread({self.keys.events(job_id): last}, block=block_ms, count=500)
+            reply: Any = self.redis.xread(
+                {self.keys.events(job_id): last}, block=block_ms, count=500
+            )
             if not reply:
                 yield None
                 continue

@@ -87,7 +87,9 @@ class JobRegistry:
     def create(self, spec: JobSpec) -> JobPublic:
         """Store a new queued job and return its record."""
         now = utcnow()
-        job = JobPublic(id=uuid.uuid4().hex[:16], status=JobStatus.QUEUED, spec=spec, created_at=now)
+        job = JobPublic(
+            id=uuid.uuid4().hex[:16], status=JobStatus.QUEUED, spec=spec, created_at=now
+        )
         fields = {
             "id": job.id,
             "status": job.status.value,
@@ -111,7 +113,7 @@ class JobRegistry:
             raise JobNotFound(job_id)
         return self._decode(raw)
 
-    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[JobPublic], int]:
+    def page(self, offset: int = 0, limit: int = 50) -> tuple[list[JobPublic], int]:
         """A page of jobs, newest first, and the total count."""
         ids = self.redis.zrevrange(self.keys.jobs_by_time(), offset, offset + limit - 1)
         pipe = self.redis.pipeline()

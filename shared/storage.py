@@ -66,7 +66,9 @@ class ArtifactStore(ABC):
     """What trainyard needs from object storage; S3 in production, a folder in notebooks."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         """Store `data` under `key`, replacing any object there."""
 
     @abstractmethod
@@ -74,7 +76,7 @@ class ArtifactStore(ABC):
         """The object's bytes; ArtifactNotFound if absent."""
 
     @abstractmethod
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix`, sorted by key."""
 
     @abstractmethod
@@ -115,14 +117,20 @@ class S3ArtifactStore(ArtifactStore):
             )
 
         public = settings.S3_PUBLIC_ENDPOINT
-        return cls(client(settings.S3_ENDPOINT), settings.S3_BUCKET, client(public) if public else None)
+        return cls(
+            client(settings.S3_ENDPOINT), settings.S3_BUCKET, client(public) if public else None
+        )
 
     def ensure_bucket(self) -> None:
         if not self.client.bucket_exists(self.bucket):
             self.client.make_bucket(self.bucket)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.client.put_object(
+            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+        )
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -137,7 +145,7 @@ class S3ArtifactStore(ArtifactStore):
             response.close()
             response.release_conn()
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
         found = [ObjectInfo(o.object_name or "", o.size or 0) for o in objects]
         return sorted(found, key=lambda o: o.key)
@@ -163,7 +171,9 @@ class LocalArtifactStore(ArtifactStore):
             raise ValueError(f"key escapes the store: {key!r}")
         return path
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -176,7 +186,7 @@ class LocalArtifactStore(ArtifactStore):
         except FileNotFoundError as exc:
             raise ArtifactNotFound(key) from exc
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         found = [
             ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
             for p in self.root.rglob("*")

@@ -14,23 +14,23 @@ from shared.storage import ArtifactStore
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_registry(request: Request) -> JobRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return request.app.state.registry
 
 
 def get_events(request: Request) -> EventStream:
-    return request.app.state.events  # type: ignore[no-any-return]
+    return request.app.state.events
 
 
 def get_store(request: Request) -> ArtifactStore:
-    return request.app.state.store  # type: ignore[no-any-return]
+    return request.app.state.store
 
 
 def get_celery(request: Request) -> Celery:
-    return request.app.state.celery  # type: ignore[no-any-return]
+    return request.app.state.celery
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

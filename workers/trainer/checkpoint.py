@@ -28,12 +28,17 @@ def from_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def save(store: ArtifactStore, keys: JobKeys, step: int, epoch: int, state: dict[str, Any]) -> CheckpointManifest:
+def save(
+    store: ArtifactStore, keys: JobKeys, step: int, epoch: int, state: dict[str, Any]
+) -> CheckpointManifest:
     """Write step-N.pt, then commit it by rewriting latest.json."""
     data = to_bytes(state)
     ref = CheckpointRef(
-        key=keys.checkpoint(step), step=step, epoch=epoch,
-        sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+        key=keys.checkpoint(step),
+        step=step,
+        epoch=epoch,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
     )
     store.put_bytes(ref.key, data)
     previous = read_manifest(store, keys)

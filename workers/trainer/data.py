@@ -36,8 +36,12 @@ class ImageData:
     def to(self, device: torch.device) -> ImageData:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return ImageData(
-            self.name, move(self.train_x), move(self.train_y),
-            move(self.test_x), move(self.test_y), self.num_classes,
+            self.name,
+            move(self.train_x),
+            move(self.train_y),
+            move(self.test_x),
+            move(self.test_y),
+            self.num_classes,
         )
 
 

@@ -26,8 +26,13 @@ def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
     batches = Batches(data.train_x, data.train_y, spec.batch_size, spec.seed)
     total = min(spec.epochs * len(batches), spec.max_steps or math.inf)
     step = _resume(run, recipe)
-    run.emit("log", step, step // len(batches), info={"total_steps": total, "device": str(device),
-             "resumed_from": step}, flush=True)
+    run.emit(
+        "log",
+        step,
+        step // len(batches),
+        info={"total_steps": total, "device": str(device), "resumed_from": step},
+        flush=True,
+    )
 
     images, train_s, window = 0, 0.0, time.perf_counter()
     while step < total:
@@ -38,7 +43,12 @@ def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
             images += len(x)
             if step % spec.log_every == 0 or step == total:
                 train_s += time.perf_counter() - window  # float() below syncs CUDA first
-                run.emit("step", step, epoch, {**losses, "images_per_s": images / train_s, **meter.peak()})
+                run.emit(
+                    "step",
+                    step,
+                    epoch,
+                    {**losses, "images_per_s": images / train_s, **meter.peak()},
+                )
                 window = time.perf_counter()
             if step % spec.checkpoint_every == 0:
                 run.checkpoint(step, epoch, _state(recipe, step, epoch))
@@ -57,9 +67,16 @@ def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
     run.sample(step, epoch, recipe.sample_grid())
     run.put_model(recipe.export())
     summary = JobSummary(
-        job_id=run.job_id, task=spec.task, model=spec.model, dataset=spec.dataset, steps=step,
-        epochs=epoch + 1, wall_s=train_s, images_per_s=images / max(train_s, 1e-9),
-        metrics=recipe.evaluate(), memory=meter.report(),
+        job_id=run.job_id,
+        task=spec.task,
+        model=spec.model,
+        dataset=spec.dataset,
+        steps=step,
+        epochs=epoch + 1,
+        wall_s=train_s,
+        images_per_s=images / max(train_s, 1e-9),
+        metrics=recipe.evaluate(),
+        memory=meter.report(),
     )
     run.put_json(run.keys.memory, summary.memory)
     if (table := meter.summary_text()) is not None:

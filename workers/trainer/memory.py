@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import resource
 from pathlib import Path
@@ -27,10 +28,9 @@ def _host_peak_rss() -> int:
 
 def _reset_host_peak() -> None:
     # A long-lived worker runs many jobs: writing 5 resets VmHWM so the peak is this job's own.
-    try:
+    # Where /proc is missing or read-only the peak spans the process's life instead.
+    with contextlib.suppress(OSError):
         _CLEAR_REFS.write_text("5")
-    except OSError:
-        pass  # not Linux, or not permitted: the peak then spans the process's life
 
 
 class MemoryMeter:

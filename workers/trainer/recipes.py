@@ -63,7 +63,10 @@ class ClassifierRecipe:
     def sample_grid(self) -> Tensor:
         """64 test digits spread over the split, white if predicted right, red if wrong."""
         pick = torch.linspace(0, len(self.data.test_x) - 1, GRID_IMAGES).long()
-        x, y = self.data.test_x[pick.to(self.data.test_x.device)], self.data.test_y[pick.to(self.data.test_y.device)]
+        x, y = (
+            self.data.test_x[pick.to(self.data.test_x.device)],
+            self.data.test_y[pick.to(self.data.test_y.device)],
+        )
         wrong = (self.predict(x).argmax(1) != y).view(-1, 1, 1, 1).float()
         rgb = x.repeat(1, 3, 1, 1)  # (N, 3, H, W)
         rgb[:, 1:] *= 1 - 0.7 * wrong  # dim green and blue on mistakes -> red digits
@@ -78,8 +81,11 @@ class ClassifierRecipe:
 
     def export(self) -> dict[str, Any]:
         """final/model.pt: the weights and what is needed to rebuild the model."""
-        return {"model_name": self.spec.model, "state_dict": self.model.state_dict(),
-                "spec": self.spec.model_dump(mode="json")}
+        return {
+            "model_name": self.spec.model,
+            "state_dict": self.model.state_dict(),
+            "spec": self.spec.model_dump(mode="json"),
+        }
 
 
 def make_recipe(spec: JobSpec, data: ImageData, device: torch.device) -> Recipe:

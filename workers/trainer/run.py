@@ -51,11 +51,19 @@ class Run:
 
     # --- events
 
-    def emit(self, kind: EventKind, step: int, epoch: int, metrics: dict[str, Any] | None = None,
-             info: dict[str, Any] | None = None, flush: bool = False) -> None:
+    def emit(
+        self,
+        kind: EventKind,
+        step: int,
+        epoch: int,
+        metrics: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
+        flush: bool = False,
+    ) -> None:
         values = {k: float(v) for k, v in (metrics or {}).items()}  # float() syncs CUDA scalars
-        event = JobEvent(kind=kind, time=time.time(), step=step, epoch=epoch, metrics=values,
-                         info=info or {})
+        event = JobEvent(
+            kind=kind, time=time.time(), step=step, epoch=epoch, metrics=values, info=info or {}
+        )
         self._pending.append(event)
         if flush or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()

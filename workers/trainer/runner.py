@@ -41,7 +41,7 @@ class CancelListener:
             if self.registry.cancel_requested(self.job_id):
                 self.flag.set()
                 return
-            self._pubsub.get_message(timeout=1.0)
+            self._pubsub.get_message(timeout=0.2)
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._done.set()
@@ -62,8 +62,13 @@ class JobRunner:
     def run(self, job_id: str) -> JobStatus:
         job = self.registry.get(job_id)
         try:
-            self.registry.transition(job_id, JobStatus.RUNNING, started_at=utcnow(),
-                                     worker=self.worker, attempts=job.attempts + 1)
+            self.registry.transition(
+                job_id,
+                JobStatus.RUNNING,
+                started_at=utcnow(),
+                worker=self.worker,
+                attempts=job.attempts + 1,
+            )
         except IllegalTransition as exc:
             log.info("job %s not started: %s", job_id, exc)  # cancelled while queued, or done
             return exc.current
@@ -87,8 +92,14 @@ class JobRunner:
                 progress["total_steps"] = event.info["total_steps"]
         self.registry.update(job_id, **progress)
 
-    def _finish(self, job_id: str, status: JobStatus, summary: JobSummary | None = None,
-                error: str | None = None, step: int | None = None) -> JobStatus:
+    def _finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        summary: JobSummary | None = None,
+        error: str | None = None,
+        step: int | None = None,
+    ) -> JobStatus:
         fields: dict[str, object] = {}
         if summary is not None:
             fields["result"] = summary.model_dump(mode="json")

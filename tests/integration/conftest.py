@@ -1,0 +1,57 @@
+"""A real local stack for the session: redis-server, SeaweedFS S3, the API (uvicorn) and a
+Celery worker, each its own process on free loopback ports. No mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from minio import Minio
+from redis import Redis
+
+from devstack.stack import Stack, StackConfig
+from shared.client import Client
+from shared.jobs import JobRegistry
+from shared.storage import S3ArtifactStore
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        print(stack.logs(40))
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[Client]:
+    with Client(stack.config.api_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def redis(stack: Stack) -> Redis:
+    return stack.redis_client()
+
+
+@pytest.fixture(scope="session")
+def registry(redis: Redis) -> JobRegistry:
+    return JobRegistry(redis)
+
+
+@pytest.fixture(scope="session")
+def s3(stack: Stack) -> S3ArtifactStore:
+    return S3ArtifactStore.from_settings(stack.config.settings())
+
+
+@pytest.fixture(scope="session")
+def minio_client(stack: Stack) -> Minio:
+    c = stack.config
+    return Minio(
+        f"127.0.0.1:{c.s3_port}", access_key=c.access_key, secret_key=c.secret_key, secure=False
+    )

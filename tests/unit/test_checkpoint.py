@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from shared.storage import JobKeys, LocalArtifactStore
+from workers.trainer import checkpoint
+
+
+def _state(value: float) -> dict[str, object]:
+    return {"model": {"w": torch.full((3,), value)}, "step": int(value)}
+
+
+def test_manifest_names_the_newest_checkpoint_with_its_hash(tmp_path: Path) -> None:
+    store, keys = LocalArtifactStore(tmp_path), JobKeys("j")
+    for step in (1, 2, 3, 4, 5):
+        checkpoint.save(store, keys, step, 0, _state(step))
+    manifest = checkpoint.read_manifest(store, keys)
+    assert manifest is not None and manifest.step == 5 and manifest.key == keys.checkpoint(5)
+    assert [h.step for h in manifest.history] == [4, 3, 2]
+    found = checkpoint.load_latest(store, keys)
+    assert found is not None and found[1]["step"] == 5
+
+
+def test_corrupt_or_missing_newest_falls_back(tmp_path: Path) -> None:
+    store, keys = LocalArtifactStore(tmp_path), JobKeys("j")
+    for step in (1, 2, 3):
+        checkpoint.save(store, keys, step, 0, _state(step))
+    store.put_bytes(keys.checkpoint(3), b"garbage")  # torn write
+    found = checkpoint.load_latest(store, keys)
+    assert found is not None and found[0].step == 2
+    (tmp_path / keys.checkpoint(2)).unlink()
+    found = checkpoint.load_latest(store, keys)
+    assert found is not None and found[0].step == 1
+
+
+def test_no_manifest_means_fresh_start(tmp_path: Path) -> None:
+    assert checkpoint.load_latest(LocalArtifactStore(tmp_path), JobKeys("new")) is None

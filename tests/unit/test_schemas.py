@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.schemas import ClassifierSpec, JobSpecAdapter
+
+
+@dataclass
+class Case:
+    name: str
+    spec: dict[str, Any]
+    bad_field: str | None = None  # None: the spec is valid
+    expect: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = [
+    Case(
+        "defaults",
+        {"task": "classifier"},
+        expect={"model": "book_cnn", "dataset": "mnist-5k", "batch_size": 64, "epochs": 10},
+    ),
+    Case(
+        "full",
+        {
+            "task": "classifier",
+            "model": "book_cnn",
+            "dataset": "fake",
+            "epochs": 2,
+            "batch_size": 1,
+            "lr": 0.001,
+            "max_steps": 5,
+            "checkpoint_every": 2,
+            "sample_every": 2,
+            "log_every": 1,
+            "seed": 7,
+            "device": "cpu",
+        },
+        expect={"dataset": "fake", "batch_size": 1, "seed": 7},
+    ),
+    Case("zero epochs", {"task": "classifier", "epochs": 0}, "epochs"),
+    Case("too many epochs", {"task": "classifier", "epochs": 100_000}, "epochs"),
+    Case("batch too big", {"task": "classifier", "batch_size": 1_000_000}, "batch_size"),
+    Case("negative lr", {"task": "classifier", "lr": -0.1}, "lr"),
+    Case("lr as text", {"task": "classifier", "lr": "fast"}, "lr"),
+    Case("unknown model", {"task": "classifier", "model": "resnet50"}, "model"),
+    Case("unknown data set", {"task": "classifier", "dataset": "imagenet"}, "dataset"),
+    Case("unknown device", {"task": "classifier", "device": "tpu"}, "device"),
+    Case("typo'd field", {"task": "classifier", "epoch": 3}, "epoch"),
+    Case(
+        "zero checkpoint interval",
+        {"task": "classifier", "checkpoint_every": 0},
+        "checkpoint_every",
+    ),
+    Case("unknown task", {"task": "segmentation"}, "task"),
+    Case("no task", {"epochs": 3}, "task"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_spec_validation(case: Case) -> None:
+    if case.bad_field is None:
+        spec = JobSpecAdapter.validate_python(case.spec)
+        for key, value in case.expect.items():
+            assert getattr(spec, key) == value
+        return
+    with pytest.raises(ValidationError) as info:
+        JobSpecAdapter.validate_python(case.spec)
+    errors = info.value.errors()
+    named = {str(part) for e in errors for part in e["loc"]} | {
+        e.get("ctx", {}).get("discriminator", "").strip("'") for e in errors
+    }
+    assert case.bad_field in named, errors
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = ClassifierSpec(epochs=3, batch_size=32)
+    assert JobSpecAdapter.validate_json(spec.model_dump_json()) == spec
