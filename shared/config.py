@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     API_PORT: int = 8000
     API_URL: str = "http://127.0.0.1:8000"
     PAGE_SIZE_MAX: int = 200
+    UPLOAD_MAX_BYTES: int = Field(512 * 2**20, ge=1, description="Largest data set upload")
 
     # Celery.
     QUEUE: str = "trainyard"

@@ -44,6 +44,9 @@ class RedisKeys:
     def control(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:control"
 
+    def datasets(self) -> str:
+        return f"{self.prefix}:datasets"
+
 
 # Move a job to ARGV[1] if its current status is one of the allowed sources, and set fields,
 # all in one atomic step so two writers cannot both win.

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.status import JobStatus
+from shared.zoo import BUILTIN_DATASETS, MODELS
 
 # --- Job specs (input): what to train. extra="forbid" so a typo is a 422, not a silent default.
+
+UPLOADED_DATASET = re.compile(r"^ds-[0-9a-f]{16}$")
+Side = Annotated[int, Field(ge=1, le=1024)]
 
 
 class _TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=100, description="Free-form label for people")
+    model: str  # each task narrows this to its models
+    mode: Literal["fast", "book"] = Field(
+        "fast",
+        description="book: the book's exact recipe (batch 1, its optimiser and lr); "
+        "fast: batched and tuned",
+    )
+    dataset: str = Field(
+        "mnist-5k",
+        description="mnist-5k, mnist, fashion-mnist, fake, or the "
+        "id of an uploaded data set (ds-...)",
+    )
+    crop: Side | tuple[Side, Side] | None = Field(
+        None, description="Centre-crop to this side (or [height, width]) before resizing"
+    )
+    resize: Side | tuple[Side, Side] | None = Field(
+        None, description="Resize to this side (or [height, width]); grey->RGB is automatic"
+    )
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
     lr: float = Field(3e-3, gt=0, le=1.0, description="Adam learning rate")
@@ -28,18 +58,97 @@ class _TrainSpec(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # Fast-mode defaults per task; book mode takes the book's (BOOK.md) instead.
+    FAST_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        model = MODELS.get(str(data.get("model", cls.model_fields["model"].default)))
+        if data.get("mode") == "book" and model is not None:
+            defaults = {"batch_size": 1, "lr": model.book_lr, "epochs": model.book_epochs}
+        else:
+            defaults = cls.FAST_DEFAULTS
+        return {**defaults, **data}
+
+    @model_validator(mode="after")
+    def _book_is_exact(self) -> Self:
+        if self.mode == "book":
+            book_lr = MODELS[self.model].book_lr
+            if self.batch_size != 1:
+                raise _field_error("batch_size", "book mode trains with batch size 1, as the book")
+            if self.lr != book_lr:
+                raise _field_error("lr", f"book mode uses the book's lr {book_lr}")
+        return self
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in BUILTIN_DATASETS and not UPLOADED_DATASET.match(value):
+            known = ", ".join(BUILTIN_DATASETS)
+            raise ValueError(f"unknown data set {value!r}: use {known}, or an uploaded id (ds-...)")
+        return value
+
+    def crop_hw(self) -> tuple[int, int] | None:
+        return _hw(self.crop)
+
+    def resize_hw(self) -> tuple[int, int] | None:
+        return _hw(self.resize)
+
 
 class ClassifierSpec(_TrainSpec):
     """Train an image classifier (BOOK.md §2)."""
 
     task: Literal["classifier"] = "classifier"
-    model: Literal["book_cnn"] = "book_cnn"
-    dataset: Literal["mnist-5k", "fake"] = "mnist-5k"
+    model: Literal["book_cnn", "book_mlp"] = "book_cnn"
+
+    FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 1e-2, "epochs": 10}
+
+
+class GanSpec(_TrainSpec):
+    """Train a GAN (BOOK.md §3; conv_gan sized to the data)."""
+
+    task: Literal["gan"] = "gan"
+    model: Literal["conv_gan", "book_conv_gan", "book_mlp_gan"] = "conv_gan"
+    activation: Literal["leaky_relu", "gelu"] = Field(
+        "leaky_relu", description="book_conv_gan only: gelu is the book's refinement"
+    )
+
+    FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 2e-4, "epochs": 30}
+
+    @model_validator(mode="after")
+    def _gelu_only_for_book_conv(self) -> Self:
+        if self.activation == "gelu" and self.model != "book_conv_gan":
+            raise _field_error("activation", "the GELU variant exists for book_conv_gan only")
+        return self
+
+
+class CganSpec(_TrainSpec):
+    """Train a label-conditioned GAN (BOOK.md §4; conv_cgan sized to the data)."""
+
+    task: Literal["cgan"] = "cgan"
+    model: Literal["book_cgan", "conv_cgan"] = "conv_cgan"
+
+    FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 2e-4, "epochs": 30}
 
 
 # Discriminated on `task`: each training task has its own spec class.
-JobSpec = Annotated[ClassifierSpec, Field(discriminator="task")]
+JobSpec = Annotated[ClassifierSpec | GanSpec | CganSpec, Field(discriminator="task")]
 JobSpecAdapter: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
+
+
+def _hw(value: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    return (value, value) if isinstance(value, int) else value
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "spec_conflict", "{field}: {message}", {"field": field, "message": message}
+    )
 
 
 # --- Job records (output).
@@ -116,14 +225,24 @@ class ArtifactsPublic(BaseModel):
 
 
 class MemoryReport(BaseModel):
-    """Peak memory of one job. GPU figures come only from CUDA; host RSS is labelled as such."""
+    """Memory of one job, each figure named for what it measures. GPU figures come only from
+    torch.cuda; on CPU the host's resident memory and the profiler's tensor bytes."""
 
     device: str
     device_name: str
+    current_gpu_allocated_bytes: int | None = None
+    current_gpu_reserved_bytes: int | None = None
     peak_gpu_allocated_bytes: int | None = None
     peak_gpu_reserved_bytes: int | None = None
     gpu_total_bytes: int | None = None
-    peak_host_rss_bytes: int | None = None
+    peak_host_rss_bytes: int | None = Field(
+        None, description="CPU runs: peak resident memory of the worker process (host, not GPU)"
+    )
+    peak_step_tensor_bytes: int | None = Field(
+        None,
+        description="Peak tensor bytes of the first training step (parameters, optimiser "
+        "state, gradients, activations), from the PyTorch profiler with profile_memory=True",
+    )
     note: str
 
 
@@ -140,6 +259,28 @@ class JobSummary(BaseModel):
     images_per_s: float
     metrics: dict[str, float]
     memory: MemoryReport
+
+
+# --- Data sets.
+
+
+class DatasetPublic(BaseModel):
+    """An uploaded data set, stored canonically as datasets/{id}/data.npz."""
+
+    id: str
+    name: str | None = None
+    format: str = Field(description="what was uploaded: idx, npz or zip")
+    image: tuple[int, int, int] = Field(description="(channels, height, width)")
+    num_images: int
+    num_classes: int = Field(description="0 when the images have no labels")
+    classes: list[str]
+    size_bytes: int
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
 
 
 # --- Health.

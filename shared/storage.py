@@ -51,6 +51,36 @@ class JobKeys:
     def memory_summary(self) -> str:
         return f"{self.prefix}memory_summary.txt"
 
+    def report(self, name: str) -> str:
+        """Evaluation reports beside the summary: confusion.json, confusion.png."""
+        return f"{self.prefix}{name}"
+
+
+@dataclass(frozen=True)
+class DatasetKeys:
+    """Object keys of a data set: uploads by id, and the shared cache of downloaded ones."""
+
+    dataset_id: str
+
+    @classmethod
+    def builtin(cls, name: str) -> DatasetKeys:
+        return cls(f"builtin/{name}")
+
+    @property
+    def prefix(self) -> str:
+        return f"datasets/{self.dataset_id}/"
+
+    @property
+    def data(self) -> str:
+        return f"{self.prefix}data.npz"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}meta.json"
+
+    def file(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
 
 @dataclass(frozen=True)
 class ObjectInfo:

@@ -7,6 +7,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Request
 
+from shared.catalog import DatasetCatalog
 from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry
@@ -33,8 +34,13 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
+def get_catalog(request: Request) -> DatasetCatalog:
+    return request.app.state.catalog
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[JobRegistry, Depends(get_registry)]
 EventsDep = Annotated[EventStream, Depends(get_events)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+CatalogDep = Annotated[DatasetCatalog, Depends(get_catalog)]

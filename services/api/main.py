@@ -9,7 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis import Redis
 
-from services.api.routes import health, jobs
+from services.api.routes import datasets, health, jobs
+from shared.catalog import DatasetCatalog, DatasetNotFound
 from shared.config import Settings, get_settings
 from shared.events import EventStream
 from shared.jobs import JobNotFound, JobRegistry
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = JobRegistry(redis, settings.KEY_PREFIX)
         app.state.events = EventStream(redis, settings.KEY_PREFIX)
         app.state.store = S3ArtifactStore.from_settings(settings)
+        app.state.catalog = DatasetCatalog(redis, app.state.store, settings.KEY_PREFIX)
         app.state.celery = make_celery(settings)
         yield
         redis.close()
@@ -40,9 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
 
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(DatasetNotFound)
+    async def dataset_not_found(_: Request, exc: DatasetNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(IllegalTransition)

@@ -3,6 +3,7 @@ Celery worker, each its own process on free loopback ports. No mocks."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from shared.client import Client
 from shared.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
 
+UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 512 MiB
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
+    os.environ["TRAINYARD_UPLOAD_MAX_BYTES"] = str(UPLOAD_LIMIT)  # inherited by the API process
     stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False))
     try:
         stack.up()

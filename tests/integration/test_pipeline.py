@@ -69,7 +69,7 @@ def test_final_model_reproduces_the_reported_accuracy(
     model.load_state_dict(saved["state_dict"])
     data = load_dataset("mnist-5k")
     with torch.no_grad():
-        correct = (model.eval()(data.test_x).argmax(1) == data.test_y).sum().item()
+        correct = (model.eval()(data.test_x / 255).argmax(1) == data.test_y).sum().item()
     reported = client.get(finished).result
     assert reported is not None
     assert correct / 1000 == pytest.approx(reported["metrics"]["test_accuracy"], abs=1e-9)

@@ -1,23 +1,20 @@
 from __future__ import annotations
 
-import functools
-import operator
-
 import torch
 
-from workers.trainer.data import Batches, load_dataset
+from workers.trainer.data import Batches, Prepare, clear_cache, load_dataset
 
 
 def test_mnist_5k_split_is_fixed_balanced_and_disjoint() -> None:
     data = load_dataset("mnist-5k")
     assert data.train_x.shape == (4000, 1, 28, 28) and data.test_x.shape == (1000, 1, 28, 28)
+    assert data.train_x.dtype == torch.uint8 and int(data.train_x.max()) == 255
     assert torch.bincount(data.train_y).tolist() == [400] * 10
     assert torch.bincount(data.test_y).tolist() == [100] * 10
-    assert data.train_x.min() >= 0.0 and data.train_x.max() <= 1.0
-    train = {tuple(row.tolist()) for row in (data.train_x.view(4000, -1) * 255).round().int()[:500]}
-    test = {tuple(row.tolist()) for row in (data.test_x.view(1000, -1) * 255).round().int()}
+    train = {tuple(row.tolist()) for row in data.train_x.view(4000, -1)[:500]}
+    test = {tuple(row.tolist()) for row in data.test_x.view(1000, -1)}
     assert not train & test
-    load_dataset.cache_clear()
+    clear_cache()
     again = load_dataset("mnist-5k")
     assert torch.equal(again.test_x, data.test_x) and torch.equal(again.train_y, data.train_y)
 
@@ -27,7 +24,20 @@ def test_batches_are_seeded_per_epoch_and_skippable() -> None:
     batches = Batches(x, y, batch_size=3, seed=1)
     assert len(batches) == 4
     epoch0 = [b[1].tolist() for b in batches.epoch(0)]
-    assert sorted(functools.reduce(operator.iadd, epoch0, [])) == list(range(10))
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(10))
     assert epoch0 == [b[1].tolist() for b in batches.epoch(0)]
     assert epoch0 != [b[1].tolist() for b in batches.epoch(1)]
     assert [b[1].tolist() for b in batches.epoch(0, skip=2)] == epoch0[2:]
+
+
+def test_prepare_scales_crops_resizes_and_makes_rgb() -> None:
+    x = torch.randint(0, 256, (2, 1, 218, 178), dtype=torch.uint8)
+    out = Prepare(crop=(128, 128), resize=None, channels=3)(x)
+    assert out.shape == (2, 3, 128, 128) and out.dtype == torch.float32
+    # the book's CelebA crop: the centre 128x128 of 218x178
+    assert torch.allclose(out[:, 0], x[:, 0, 45:173, 25:153].float() / 255)
+    assert torch.equal(out[:, 0], out[:, 2])
+    up = Prepare(crop=None, resize=(128, 128), channels=None)(x[:, :, :28, :28])
+    assert up.shape == (2, 1, 128, 128) and up.min() >= 0 and up.max() <= 1
+    same = Prepare(None, None, None)(x)
+    assert torch.equal(same, x.float() / 255)

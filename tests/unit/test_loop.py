@@ -49,6 +49,9 @@ def test_fit_writes_every_artifact_and_event(tmp_path: Path) -> None:
     )  # CPU: no GPU figures
     assert summary.memory.peak_gpu_allocated_bytes is None
     assert summary.memory.peak_host_rss_bytes and "not GPU" in summary.memory.note
+    step_peak = summary.memory.peak_step_tensor_bytes
+    model_bytes = 3_720 * 4  # parameters; + grads + 2 Adam moments + activations at least
+    assert step_peak is not None and step_peak > 4 * model_bytes
 
 
 def test_final_model_reproduces_reported_accuracy(tmp_path: Path) -> None:
@@ -61,7 +64,7 @@ def test_final_model_reproduces_reported_accuracy(tmp_path: Path) -> None:
 
     data = load_dataset("fake")
     with torch.no_grad():
-        acc = (model.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
+        acc = (model.eval()(data.test_x / 255).argmax(1) == data.test_y).float().mean().item()
     assert acc == pytest.approx(summary.metrics["test_accuracy"], abs=1e-9)
 
 

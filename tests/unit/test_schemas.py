@@ -56,6 +56,55 @@ CASES = [
         "checkpoint_every",
     ),
     Case("unknown task", {"task": "segmentation"}, "task"),
+    Case(
+        "fast classifier defaults",
+        {"task": "classifier"},
+        expect={"mode": "fast", "batch_size": 64, "lr": 1e-2, "epochs": 10},
+    ),
+    Case(
+        "book classifier",
+        {"task": "classifier", "mode": "book"},
+        expect={"batch_size": 1, "lr": 1e-3, "epochs": 3},
+    ),
+    Case(
+        "book mode refuses batches",
+        {"task": "classifier", "mode": "book", "batch_size": 64},
+        "batch_size",
+    ),
+    Case(
+        "book mode refuses another lr",
+        {"task": "gan", "model": "book_conv_gan", "mode": "book", "lr": 0.1, "resize": 128},
+        "lr",
+    ),
+    Case(
+        "gan defaults",
+        {"task": "gan"},
+        expect={"model": "conv_gan", "batch_size": 64, "lr": 2e-4, "epochs": 30},
+    ),
+    Case(
+        "book cgan",
+        {"task": "cgan", "model": "book_cgan", "mode": "book"},
+        expect={"batch_size": 1, "lr": 1e-4, "epochs": 12},
+    ),
+    Case(
+        "gelu variant",
+        {"task": "gan", "model": "book_conv_gan", "activation": "gelu"},
+        expect={"activation": "gelu"},
+    ),
+    Case("gelu only for book_conv_gan", {"task": "gan", "activation": "gelu"}, "activation"),
+    Case("classifier model on gan task", {"task": "gan", "model": "book_cnn"}, "model"),
+    Case(
+        "uploaded data set id",
+        {"task": "classifier", "dataset": "ds-0123456789abcdef"},
+        expect={"dataset": "ds-0123456789abcdef"},
+    ),
+    Case("malformed data set id", {"task": "classifier", "dataset": "ds-xyz"}, "dataset"),
+    Case(
+        "non-square resize",
+        {"task": "gan", "model": "book_mlp_gan", "resize": [218, 178]},
+        expect={"resize": (218, 178)},
+    ),
+    Case("resize too big", {"task": "gan", "resize": 5000}, "resize"),
     Case("no task", {"epochs": 3}, "task"),
 ]
 
@@ -70,9 +119,9 @@ def test_spec_validation(case: Case) -> None:
     with pytest.raises(ValidationError) as info:
         JobSpecAdapter.validate_python(case.spec)
     errors = info.value.errors()
-    named = {str(part) for e in errors for part in e["loc"]} | {
-        e.get("ctx", {}).get("discriminator", "").strip("'") for e in errors
-    }
+    named = {str(part) for e in errors for part in e["loc"]}
+    named |= {e.get("ctx", {}).get("discriminator", "").strip("'") for e in errors}
+    named |= {e.get("ctx", {}).get("field", "") for e in errors}  # cross-field rules
     assert case.bad_field in named, errors
 
 

@@ -1,16 +1,24 @@
-"""Peak memory of a job, labelled as what it is: GPU tensor memory on CUDA, host RSS on CPU."""
+"""Memory of a job, labelled as what it is: GPU tensor memory from torch.cuda on CUDA; on CPU,
+the host's peak RSS and the profiler's peak tensor bytes of a training step."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import resource
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
 
 from shared.schemas import MemoryReport
 
+log = logging.getLogger(__name__)
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -33,16 +41,64 @@ def _reset_host_peak() -> None:
         _CLEAR_REFS.write_text("5")
 
 
+def tensor_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the distinct storages behind `tensors` (nested dicts/lists are walked)."""
+    seen: dict[int, int] = {}
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Tensor):
+            storage = obj.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                walk(v)
+
+    for t in tensors:
+        walk(t)
+    return sum(seen.values())
+
+
+@contextlib.contextmanager
+def profile_tensor_peak(live: Iterable[Any], out: dict[str, int]) -> Iterator[None]:
+    """Measure the peak tensor bytes of the enclosed code with the PyTorch profiler.
+
+    The profiler records each allocation and free made inside the block; their running sum
+    peaks at the block's transient high-water mark. `live` are the tensors alive before the
+    block (parameters, optimiser state) whose bytes are added as the baseline."""
+    baseline = tensor_bytes(live)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        if event.device_type() == torch.autograd.DeviceType.CPU:
+            running += event.nbytes()
+            peak = max(peak, running)
+    out["peak_step_tensor_bytes"] = baseline + peak
+
+
 class MemoryMeter:
     """Resets the peak counters when created and reports the peak since."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.step_peak: dict[str, int] = {}
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(device)
         else:
             _reset_host_peak()
+
+    def first_step(self, live: Callable[[], dict[str, Any]]) -> AbstractContextManager[None]:
+        """Around a training step: on CPU, profiles the first one's tensor memory. `live` gives
+        the state alive before the step (called only when profiling)."""
+        if self.cuda or self.step_peak:
+            return contextlib.nullcontext()
+        self.step_peak["peak_step_tensor_bytes"] = 0  # measure once
+        return profile_tensor_peak(live().values(), self.step_peak)
 
     def peak(self) -> dict[str, float]:
         """The peak so far, as metric values named for what they measure."""
@@ -59,16 +115,21 @@ class MemoryMeter:
             return MemoryReport(
                 device=str(self.device),
                 device_name=props.name,
+                current_gpu_allocated_bytes=torch.cuda.memory_allocated(self.device),
+                current_gpu_reserved_bytes=torch.cuda.memory_reserved(self.device),
                 peak_gpu_allocated_bytes=torch.cuda.max_memory_allocated(self.device),
                 peak_gpu_reserved_bytes=torch.cuda.max_memory_reserved(self.device),
                 gpu_total_bytes=props.total_memory,
-                note="peak GPU tensor memory (torch.cuda.max_memory_allocated / _reserved)",
+                note="GPU tensor memory from torch.cuda (memory_allocated / max_memory_allocated "
+                "and the caching allocator's reserved bytes)",
             )
         return MemoryReport(
             device="cpu",
             device_name="cpu",
             peak_host_rss_bytes=_host_peak_rss(),
-            note="CPU run: peak host resident memory of the worker process, not GPU memory",
+            peak_step_tensor_bytes=self.step_peak.get("peak_step_tensor_bytes") or None,
+            note="CPU run, host memory, not GPU: peak RSS of the worker process, and the peak "
+            "tensor bytes of the first training step from the PyTorch profiler",
         )
 
     def summary_text(self) -> str | None:

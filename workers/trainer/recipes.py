@@ -1,31 +1,44 @@
-"""Recipes: how one training step, evaluation and sample grid work for each task.
+"""Recipes: one training step, evaluation, sample grid and reports for each task.
 
 fit() is the same loop for every task; a recipe holds the task's models and optimisers."""
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any, Protocol
 
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.utils import make_grid
 
-from shared.schemas import ClassifierSpec, JobSpec
-from workers.trainer.data import ImageData
-from workers.trainer.models import build_model
+from shared.schemas import CganSpec, ClassifierSpec, GanSpec, JobSpec
+from shared.zoo import MODELS
+from workers.trainer.data import ImageData, Prepare
+from workers.trainer.models import build_gan, build_model
+from workers.trainer.models.gans import LATENT
 
-EVAL_BATCH = 1000
-GRID_IMAGES = 64
+EVAL_BATCH = 500
+GRID_COLUMNS = 8
 
 
 class Recipe(Protocol):
+    prepare: Prepare
+
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]: ...
     def evaluate(self) -> dict[str, float]: ...
     def sample_grid(self) -> Tensor: ...
+    def reports(self) -> dict[str, tuple[bytes, str]]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def export(self) -> dict[str, Any]: ...
+
+
+def _prepare_for(spec: JobSpec) -> Prepare:
+    image = MODELS[spec.model].image
+    return Prepare(spec.crop_hw(), spec.resize_hw(), image[0] if image else None)
 
 
 class ClassifierRecipe:
@@ -33,13 +46,15 @@ class ClassifierRecipe:
 
     def __init__(self, spec: ClassifierSpec, data: ImageData, device: torch.device) -> None:
         self.spec, self.data = spec, data
+        self.prepare = _prepare_for(spec)
         self.model = build_model(spec.model).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.loss_fn = nn.BCELoss()
+        self.outputs = 10  # the book's models have 10 outputs whatever the data set
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         self.model.train()
-        loss = self.loss_fn(self.model(x), F.one_hot(y, self.data.num_classes).float())
+        loss = self.loss_fn(self.model(x), F.one_hot(y, self.outputs).float())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -47,13 +62,17 @@ class ClassifierRecipe:
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
+        """Class scores for uint8 images, in eval mode, in batches."""
         self.model.eval()
-        return torch.cat([self.model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+        parts = [
+            self.model(self.prepare(x[i : i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)
+        ]
+        return torch.cat(parts)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy and loss on the data set's test split."""
         scores = self.predict(self.data.test_x)
-        target = F.one_hot(self.data.test_y, self.data.num_classes).float()
+        target = F.one_hot(self.data.test_y, self.outputs).float()
         correct = (scores.argmax(1) == self.data.test_y).sum().item()
         return {
             "test_accuracy": correct / len(self.data.test_y),
@@ -61,16 +80,32 @@ class ClassifierRecipe:
         }
 
     def sample_grid(self) -> Tensor:
-        """64 test digits spread over the split, white if predicted right, red if wrong."""
-        pick = torch.linspace(0, len(self.data.test_x) - 1, GRID_IMAGES).long()
-        x, y = (
-            self.data.test_x[pick.to(self.data.test_x.device)],
-            self.data.test_y[pick.to(self.data.test_y.device)],
-        )
+        """64 test images spread over the split, as they are if predicted right, red if wrong."""
+        pick = torch.linspace(0, len(self.data.test_x) - 1, 64).long().to(self.data.test_x.device)
+        x, y = self.data.test_x[pick], self.data.test_y[pick]
         wrong = (self.predict(x).argmax(1) != y).view(-1, 1, 1, 1).float()
-        rgb = x.repeat(1, 3, 1, 1)  # (N, 3, H, W)
-        rgb[:, 1:] *= 1 - 0.7 * wrong  # dim green and blue on mistakes -> red digits
-        return make_grid(rgb, nrow=8, padding=2, pad_value=0.5)
+        rgb = self.prepare(x).expand(-1, 3, -1, -1).clone()  # (N, 3, H, W)
+        rgb[:, 1:] *= 1 - 0.7 * wrong  # dim green and blue on mistakes -> red
+        return make_grid(rgb, nrow=GRID_COLUMNS, padding=2, pad_value=0.5)
+
+    def confusion(self) -> list[list[int]]:
+        """confusion[true][predicted] counts on the test split."""
+        k = max(self.data.num_classes, 1)
+        predicted = self.predict(self.data.test_x).argmax(1).clamp(max=k - 1)
+        flat = self.data.test_y * k + predicted
+        return torch.bincount(flat, minlength=k * k).view(k, k).tolist()
+
+    def reports(self) -> dict[str, tuple[bytes, str]]:
+        matrix = self.confusion()
+        table = {
+            "classes": self.data.classes,
+            "matrix": matrix,
+            "note": "matrix[true][predicted] on the held-out test split",
+        }
+        return {
+            "confusion.json": (json.dumps(table, indent=1).encode(), "application/json"),
+            "confusion.png": (_confusion_png(matrix, self.data.classes), "image/png"),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -85,10 +120,200 @@ class ClassifierRecipe:
             "model_name": self.spec.model,
             "state_dict": self.model.state_dict(),
             "spec": self.spec.model_dump(mode="json"),
+            "classes": self.data.classes,
+        }
+
+
+class GanRecipe:
+    """GANs and conditional GANs, BCELoss and Adam, in the book's step order: D on real -> 1,
+    D on G(z).detach() -> 0, then G -> 1 through D. A conditional GAN joins a one-hot label
+    to D's and G's inputs: the real image's own label, and random labels for fakes."""
+
+    def __init__(self, spec: GanSpec | CganSpec, data: ImageData, device: torch.device) -> None:
+        self.spec, self.data, self.device = spec, data, device
+        self.prepare = _prepare_for(spec)
+        self.book = spec.mode == "book"
+        info = MODELS[spec.model]
+        c, h, w = self.prepare(data.train_x[:1]).shape[1:]
+        # The book's cGAN has a fixed 10 label slots; ours is sized to the data set's classes.
+        fixed = info.max_classes if info.image is not None else None
+        self.classes = (fixed or data.num_classes) if spec.task == "cgan" else 0
+        activation = spec.activation if isinstance(spec, GanSpec) else "leaky_relu"
+        D, G = build_gan(spec.model, (c, h, w), self.classes, activation)
+        self.D, self.G = D.to(device), G.to(device)
+        # Book: Adam with default betas at the book's lr. Fast: the DCGAN recipe (beta1 0.5).
+        betas = (0.9, 0.999) if self.book else (0.5, 0.999)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr, betas=betas)
+        self.loss_fn = nn.BCELoss()
+        # One fixed latent batch per job (seeded): every grid renders the same seeds, so the
+        # grids form a timeline. cGANs get one row per label.
+        gen = torch.Generator().manual_seed(spec.seed)
+        rows = min(self.classes, 100) if self.classes else GRID_COLUMNS
+        self.fixed_z = torch.randn(rows * GRID_COLUMNS, LATENT, generator=gen).to(device)
+        self.fixed_labels = (
+            self._one_hot(torch.arange(rows).repeat_interleave(GRID_COLUMNS))
+            if self.classes
+            else None
+        )
+
+    def _one_hot(self, labels: Tensor) -> Tensor:
+        return F.one_hot(labels.to(self.device), self.classes).float()
+
+    def _random_labels(self, n: int) -> Tensor | None:
+        if not self.classes:
+            return None
+        return self._one_hot(torch.randint(self.data.num_classes, (n,), device=self.device))
+
+    def _d(self, x: Tensor, label: Tensor | None) -> Tensor:
+        return self.D(x, label) if self.classes else self.D(x)
+
+    def _g(self, z: Tensor, label: Tensor | None) -> Tensor:
+        return self.G(z, label) if self.classes else self.G(z)
+
+    def _seed(self, n: int) -> Tensor:
+        return torch.randn(n, LATENT, device=self.device)
+
+    def _bce(self, out: Tensor, target: float) -> Tensor:
+        return self.loss_fn(out, torch.full_like(out, target))
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        self.D.train()
+        self.G.train()
+        n = len(x)
+        real_label = self._one_hot(y) if self.classes else None
+        if self.book:
+            return self._book_step(x, real_label, n)
+        fake_label = self._random_labels(n)
+        fake = self._g(self._seed(n), fake_label)
+        d_real, d_fake = self._d(x, real_label), self._d(fake.detach(), fake_label)
+        d_loss = self._bce(d_real, 1.0) + self._bce(d_fake, 0.0)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        g_loss = self._bce(self._d(fake, fake_label), 1.0)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return {
+            "d_loss": d_loss.detach(),
+            "g_loss": g_loss.detach(),
+            "d_real": d_real.detach().mean(),
+            "d_fake": d_fake.detach().mean(),
+        }
+
+    def _book_step(self, x: Tensor, real_label: Tensor | None, n: int) -> dict[str, Tensor]:
+        """Exactly the book: three separate updates, each with its own seed (and label)."""
+        d_real = self._d(x, real_label)
+        loss_real = self._update(self.opt_d, self._bce(d_real, 1.0))
+        fake_label = self._random_labels(n)
+        fake = self._g(self._seed(n), fake_label).detach()
+        d_fake = self._d(fake, fake_label)
+        loss_fake = self._update(self.opt_d, self._bce(d_fake, 0.0))
+        g_label = self._random_labels(n)
+        g_loss = self._update(
+            self.opt_g, self._bce(self._d(self._g(self._seed(n), g_label), g_label), 1.0)
+        )
+        return {
+            "d_loss": loss_real + loss_fake,
+            "g_loss": g_loss,
+            "d_real": d_real.detach().mean(),
+            "d_fake": d_fake.detach().mean(),
+        }
+
+    @staticmethod
+    def _update(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean D(real) on held-out images and mean D(G(z)) on the fixed seeds."""
+        self.D.eval()
+        self.G.eval()
+        n = len(self.fixed_z)  # as many real images as fixed seeds
+        x, y = self.data.test_x[:n], self.data.test_y[:n]
+        real_label = self._one_hot(y) if self.classes else None
+        fake = self._g(self.fixed_z, self.fixed_labels)
+        return {
+            "test_d_real": self._d(self.prepare(x), real_label).mean().item(),
+            "test_d_fake": self._d(fake, self.fixed_labels).mean().item(),
+        }
+
+    @torch.no_grad()
+    def sample_grid(self) -> Tensor:
+        self.G.eval()
+        images = self._g(self.fixed_z, self.fixed_labels)  # (R * 8, C, H, W)
+        return make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=0.5)
+
+    def reports(self) -> dict[str, tuple[bytes, str]]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "D": self.D.state_dict(),
+            "G": self.G.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.D.load_state_dict(state["D"])
+        self.G.load_state_dict(state["G"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+
+    def export(self) -> dict[str, Any]:
+        """final/model.pt: the generator for sampling (and D, for fine-tuning)."""
+        return {
+            "model_name": self.spec.model,
+            "state_dict": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "spec": self.spec.model_dump(mode="json"),
+            "latent_dim": LATENT,
+            "num_classes": self.classes,
+            "classes": self.data.classes,
         }
 
 
 def make_recipe(spec: JobSpec, data: ImageData, device: torch.device) -> Recipe:
     if isinstance(spec, ClassifierSpec):
         return ClassifierRecipe(spec, data, device)
-    raise ValueError(f"no recipe for task {spec.task!r}")
+    return GanRecipe(spec, data, device)
+
+
+def _confusion_png(matrix: list[list[int]], classes: list[str], cell: int = 28) -> bytes:
+    """A heat map of the confusion matrix with its counts, row = true class."""
+    k = len(matrix)
+    margin = cell * 2
+    img = Image.new("RGB", (margin + k * cell, margin + k * cell), "white")
+    draw = ImageDraw.Draw(img)
+    for i, row in enumerate(matrix):
+        total = max(sum(row), 1)
+        draw.text(
+            (4, margin + i * cell + cell // 3),
+            classes[i][:6] if i < len(classes) else str(i),
+            fill="black",
+        )
+        draw.text(
+            (margin + i * cell + 4, cell // 2),
+            classes[i][:3] if i < len(classes) else str(i),
+            fill="black",
+        )
+        for j, count in enumerate(row):
+            shade = int(255 * (1 - count / total))
+            colour = (shade, shade, 255) if i == j else (255, shade, shade)
+            box = (
+                margin + j * cell,
+                margin + i * cell,
+                margin + (j + 1) * cell - 1,
+                margin + (i + 1) * cell - 1,
+            )
+            draw.rectangle(box, fill=colour)
+            if count:
+                draw.text((box[0] + 3, box[1] + cell // 3), str(count), fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -34,9 +34,16 @@ class JobCancelled(Exception):
 class Run:
     """One job's outputs: artifacts under jobs/{id}/ in `store`, events to `sink`."""
 
-    def __init__(self, job_id: str, store: ArtifactStore, sink: EventSink) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        store: ArtifactStore,
+        sink: EventSink,
+        data_dir: str | Path = ".trainyard/data",
+    ) -> None:
         self.job_id = job_id
         self.store = store
+        self.data_dir = Path(data_dir)
         self.keys = JobKeys(job_id)
         self.sink = sink
         self.stop_requested = threading.Event()

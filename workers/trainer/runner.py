@@ -58,6 +58,7 @@ class JobRunner:
         self.events = EventStream(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
         self.worker = worker
+        self.data_dir = settings.DATA_DIR
 
     def run(self, job_id: str) -> JobStatus:
         job = self.registry.get(job_id)
@@ -73,7 +74,7 @@ class JobRunner:
             log.info("job %s not started: %s", job_id, exc)  # cancelled while queued, or done
             return exc.current
         self._status_event(job_id, JobStatus.RUNNING)
-        run = Run(job_id, self.store, lambda events: self._publish(job_id, events))
+        run = Run(job_id, self.store, lambda events: self._publish(job_id, events), self.data_dir)
         with CancelListener(self.registry, job_id, run.stop_requested):
             try:
                 summary = fit(job.spec, run)

@@ -7,8 +7,10 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
+from fastapi.exceptions import RequestValidationError
 
-from services.api.deps import CeleryDep, EventsDep, RegistryDep, SettingsDep, StoreDep
+from services.api.deps import CatalogDep, CeleryDep, EventsDep, RegistryDep, SettingsDep, StoreDep
+from shared.catalog import DatasetCatalog, DatasetNotFound
 from shared.queue import enqueue_training
 from shared.schemas import (
     ArtifactPublic,
@@ -22,6 +24,7 @@ from shared.schemas import (
 )
 from shared.status import JobStatus
 from shared.storage import JobKeys
+from shared.zoo import MODELS, fit_problem
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -33,11 +36,13 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 @router.post("", status_code=status.HTTP_201_CREATED, responses={503: {"model": Message}})
 def submit_job(
     spec: Annotated[JobSpec, Body()],
+    catalog: CatalogDep,
     registry: RegistryDep,
     celery: CeleryDep,
     settings: SettingsDep,
 ) -> JobPublic:
     """Queue a training job."""
+    _check_fits(spec, catalog)
     job = registry.create(spec)
     try:
         enqueue_training(celery, job.id, settings.QUEUE)
@@ -46,6 +51,29 @@ def submit_job(
         registry.transition(job.id, JobStatus.FAILED, error=f"could not enqueue: {exc}")
         raise HTTPException(503, "the job queue is unavailable; try again") from exc
     return job
+
+
+def _check_fits(spec: JobSpec, catalog: DatasetCatalog) -> None:
+    """422, in FastAPI's own error format, when the data set is unknown or the model cannot
+    take its images (e.g. book_conv_gan on 28x28 without resize)."""
+    try:
+        problem = fit_problem(
+            MODELS[spec.model], catalog.info(spec.dataset), spec.crop_hw(), spec.resize_hw()
+        )
+    except DatasetNotFound as exc:
+        problem = ("dataset", f"{exc}: upload it first (POST /v1/datasets)")
+    if problem is not None:
+        field, why = problem
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_data_mismatch",
+                    "loc": ("body", spec.task, field),
+                    "msg": why,
+                    "input": getattr(spec, field),
+                }
+            ]
+        )
 
 
 @router.get("")

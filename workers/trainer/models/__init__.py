@@ -1,24 +1,58 @@
-"""The model zoo: small nn.Modules that read like BOOK.md's layer lists, selected by name."""
+"""The model zoo: small nn.Modules that read like BOOK.md's layer lists, selected by name.
+
+What each model needs from its data (shape, classes) is in shared/zoo.py, so the API can check
+a spec without importing torch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
-from workers.trainer.models.classifiers import BookCNN
+from workers.trainer.models.classifiers import BookCNN, BookMLP
+from workers.trainer.models.gans import (
+    Activation,
+    BookCganDiscriminator,
+    BookCganGenerator,
+    BookConvDiscriminator,
+    BookConvGenerator,
+    BookMLPDiscriminator,
+    BookMLPGenerator,
+    ConvDiscriminator,
+    ConvGenerator,
+)
 
-MODELS: dict[str, Callable[[], nn.Module]] = {
-    "book_cnn": BookCNN,
-}
+CLASSIFIERS: dict[str, type[nn.Module]] = {"book_cnn": BookCNN, "book_mlp": BookMLP}
 
 
 def build_model(name: str) -> nn.Module:
-    """A fresh, randomly initialised model from the zoo."""
+    """A fresh classifier from the zoo."""
     try:
-        return MODELS[name]()
+        return CLASSIFIERS[name]()
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)}") from None
+
+
+def build_gan(
+    name: str,
+    image: tuple[int, int, int],
+    num_classes: int = 0,
+    activation: Activation = "leaky_relu",
+) -> tuple[nn.Module, nn.Module]:
+    """(discriminator, generator) for `name`; conv_gan/conv_cgan are sized to `image` (C, H, W)."""
+    channels, size, _ = image
+    if name == "book_conv_gan":
+        return BookConvDiscriminator(activation), BookConvGenerator(activation)
+    if name == "book_mlp_gan":
+        return BookMLPDiscriminator(), BookMLPGenerator()
+    if name == "book_cgan":
+        return BookCganDiscriminator(), BookCganGenerator()
+    if name == "conv_gan":
+        return ConvDiscriminator(channels, size), ConvGenerator(channels, size)
+    if name == "conv_cgan":
+        return (
+            ConvDiscriminator(channels, size, num_classes),
+            ConvGenerator(channels, size, num_classes),
+        )
+    raise ValueError(f"unknown GAN {name!r}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""MNIST classifiers from BOOK.md §2."""
+"""MNIST classifiers from BOOK.md §2. Both end in Sigmoid: the book trains them with BCELoss
+against one-hot targets."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from torch import Tensor, nn
 
 
 class BookCNN(nn.Module):
-    """The book's convolutional classifier: 3,720 parameters, Sigmoid outputs for BCELoss."""
+    """The book's convolutional classifier: 3,720 parameters."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -24,3 +25,20 @@ class BookCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.view(-1, 1, 28, 28))  # (N, 10) class scores in (0, 1)
+
+
+class BookMLP(nn.Module):
+    """The book's fully-connected baseline: 159,410 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(784, 200),
+            nn.LeakyReLU(0.02),
+            nn.LayerNorm(200),
+            nn.Linear(200, 10),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.reshape(-1, 784))  # (N, 10)

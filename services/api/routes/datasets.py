@@ -1,0 +1,69 @@
+"""/v1/datasets: upload image data sets (IDX, npz, zip of class folders) and list them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+
+from services.api.deps import CatalogDep, SettingsDep
+from shared.datasets import DatasetError, Limits, parse_upload
+from shared.schemas import DatasetPublic, DatasetsPublic, Message
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+CHUNK = 1 << 20
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={400: {"model": Message}, 413: {"model": Message}, 422: {"model": Message}},
+)
+def upload_dataset(
+    request: Request,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    files: Annotated[
+        list[UploadFile],
+        File(
+            description="IDX images (+ labels), "
+            "raw or gzip; or one .npz (x, y, classes); or one .zip of "
+            "class folders"
+        ),
+    ],
+    name: Annotated[str | None, Form(max_length=100)] = None,
+) -> DatasetPublic:
+    """Upload a data set; it is validated, stored in the object store and given an id."""
+    limit = settings.UPLOAD_MAX_BYTES
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit + 64 * 1024:  # multipart framing aside, refuse before reading
+        raise HTTPException(413, f"upload of {declared} bytes is over the {limit}-byte limit")
+    received: dict[str, bytes] = {}
+    total = 0
+    for upload in files:
+        data = bytearray()
+        while chunk := upload.file.read(CHUNK):
+            data += chunk
+            total += len(chunk)
+            if total > limit:
+                raise HTTPException(413, f"upload is over the {limit}-byte limit")
+        received[upload.filename or f"file{len(received)}"] = bytes(data)
+    try:
+        parsed = parse_upload(received, Limits(max_upload_bytes=limit))
+    except DatasetError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    return catalog.add(parsed, name)
+
+
+@router.get("")
+def list_datasets(catalog: CatalogDep) -> DatasetsPublic:
+    """Uploaded data sets, newest first. Built-in ones (mnist-5k, mnist, fashion-mnist, fake)
+    need no upload."""
+    found = catalog.list_all()
+    return DatasetsPublic(data=found, count=len(found))
+
+
+@router.get("/{dataset_id}", responses={404: {"model": Message}})
+def get_dataset(dataset_id: str, catalog: CatalogDep) -> DatasetPublic:
+    """One uploaded data set."""
+    return catalog.get(dataset_id)
