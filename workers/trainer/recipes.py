@@ -187,7 +187,8 @@ class GanRecipe:
         fake_label = self._random_labels(n)
         fake = self._g(self._seed(n), fake_label)
         d_real, d_fake = self._d(x, real_label), self._d(fake.detach(), fake_label)
-        d_loss = self._bce(d_real, 1.0) + self._bce(d_fake, 0.0)
+        # One-sided label smoothing (real target 0.9) keeps D from overpowering G.
+        d_loss = self._bce(d_real, 0.9) + self._bce(d_fake, 0.0)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
