@@ -34,14 +34,34 @@ class Row:
 
 
 PAIRS = [
-    (Row("book_mlp_gan", {"task": "gan", "model": "book_mlp_gan", "mode": "book"},
-         (3, 218, 178), 1.09),
-     Row("book_conv_gan", {"task": "gan", "model": "book_conv_gan", "mode": "book",
-                           "crop": 128}, (3, 218, 178), 0.2036)),
-    (Row("book_mlp", {"task": "classifier", "model": "book_mlp", "mode": "book"},
-         (1, 28, 28), None),
-     Row("book_cnn", {"task": "classifier", "model": "book_cnn", "mode": "book"},
-         (1, 28, 28), None)),
+    (
+        Row(
+            "book_mlp_gan",
+            {"task": "gan", "model": "book_mlp_gan", "mode": "book"},
+            (3, 218, 178),
+            1.09,
+        ),
+        Row(
+            "book_conv_gan",
+            {"task": "gan", "model": "book_conv_gan", "mode": "book", "crop": 128},
+            (3, 218, 178),
+            0.2036,
+        ),
+    ),
+    (
+        Row(
+            "book_mlp",
+            {"task": "classifier", "model": "book_mlp", "mode": "book"},
+            (1, 28, 28),
+            None,
+        ),
+        Row(
+            "book_cnn",
+            {"task": "classifier", "model": "book_cnn", "mode": "book"},
+            (1, 28, 28),
+            None,
+        ),
+    ),
 ]
 
 
@@ -81,8 +101,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(parser.parse_args().device)
-    measure = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-               else "PyTorch profiler, profile_memory=True")
+    measure = (
+        "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "PyTorch profiler, profile_memory=True"
+    )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (host memory)"
     print(f"peak tensor memory of one training step, batch 1, on {where}; measured by {measure}\n")
     print(f"{'model':<15}{'measured GB':>13}{'MiB':>10}{'book GB (T4)':>14}")
@@ -91,12 +114,18 @@ def main() -> None:
         for row, peak in ((fc, fc_peak), (conv, conv_peak)):
             book = f"{row.book_peak_gb:.4f}" if row.book_peak_gb else "—"
             print(f"{row.name:<15}{peak / GB:>13.4f}{peak / 2**20:>10.2f}{book:>14}")
-        book_ratio = (f"{fc.book_peak_gb / conv.book_peak_gb:.1f}x"
-                      if fc.book_peak_gb and conv.book_peak_gb else "not reported")
-        print(f"  {fc.name} / {conv.name}: {fc_peak / conv_peak:.1f}x measured, "
-              f"book: {book_ratio}\n")
-    print("The book's figures span a whole training run in a notebook on a Tesla T4 (CUDA "
-          "context and data excluded); ours are one step's tensors, so compare the ratios.")
+        book_ratio = (
+            f"{fc.book_peak_gb / conv.book_peak_gb:.1f}x"
+            if fc.book_peak_gb and conv.book_peak_gb
+            else "not reported"
+        )
+        print(
+            f"  {fc.name} / {conv.name}: {fc_peak / conv_peak:.1f}x measured, book: {book_ratio}\n"
+        )
+    print(
+        "The book's figures span a whole training run in a notebook on a Tesla T4 (CUDA "
+        "context and data excluded); ours are one step's tensors, so compare the ratios."
+    )
 
 
 if __name__ == "__main__":

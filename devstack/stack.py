@@ -345,7 +345,7 @@ class Stack:
             wait_for(self.redis_client().ping, 20, "redis")
             self._start(self.s3)
             # The S3 port opens before the filer is ready: wait for a real round trip.
-            store = S3ArtifactStore.from_settings(self.config.settings())
+            store = S3ArtifactStore.from_settings(self.config.settings(), retry_s=0)
             wait_for(lambda: _s3_round_trip(store), 60, "the S3 server")
             self._start(self.api)
             for worker in self.workers:

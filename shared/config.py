@@ -7,6 +7,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 DEV_SECRET = "trainyard-dev-secret"
 
@@ -49,18 +54,38 @@ class Settings(BaseSettings):
     # The longest a job may run; the broker's visibility timeout is set above it so Redis
     # does not redeliver a task that is still training.
     JOB_TIME_LIMIT_S: int = Field(24 * 3600, ge=60)
+    # Override of that visibility timeout (tests shorten it to provoke redeliveries).
+    VISIBILITY_TIMEOUT_S: int | None = Field(None, ge=1)
+
+    # Reliability (DESIGN.md): a running job holds a lease the worker renews every TTL/3;
+    # the reconciler requeues running jobs whose lease expired and queued jobs whose broker
+    # message is gone.
+    LEASE_TTL_S: float = Field(30.0, gt=0)
+    RECONCILE_INTERVAL_S: float = Field(15.0, gt=0)
+    RECONCILE_GRACE_S: float = Field(30.0, ge=0)
+    MAX_ATTEMPTS: int = Field(5, ge=1, description="Starts that may end in a crash")
+    # After SIGTERM a running job checkpoints at its next step and is requeued within this
+    # window; Kubernetes' terminationGracePeriodSeconds must be longer.
+    SHUTDOWN_GRACE_S: float = Field(120.0, gt=0)
+    WORKER_HEARTBEAT_FILE: str = "/tmp/trainyard-worker-heartbeat"
+    # How long object storage calls are retried (with backoff) before a job fails.
+    S3_RETRY_S: float = Field(60.0, ge=0)
+    # Test-only: lets tests inject crashes and OOMs into a job (never enable in production).
+    FAULT_INJECTION: bool = False
 
     # Worker-side: where data sets are cached on local disk.
     DATA_DIR: str = ".trainyard/data"
 
     @property
     def visibility_timeout_s(self) -> int:
-        return self.JOB_TIME_LIMIT_S + 3600
+        return self.VISIBILITY_TIMEOUT_S or self.JOB_TIME_LIMIT_S + 3600
 
     @model_validator(mode="after")
     def _no_default_secrets_outside_local(self) -> Settings:
         if self.ENVIRONMENT != "local" and self.S3_SECRET_KEY == DEV_SECRET:
             raise ValueError("TRAINYARD_S3_SECRET_KEY must be set outside local development")
+        if self.ENVIRONMENT == "production" and self.FAULT_INJECTION:
+            raise ValueError("TRAINYARD_FAULT_INJECTION is for tests, never production")
         return self
 
 
@@ -68,3 +93,15 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A Redis client that rides out a restart: commands retry with backoff for ~30 s."""
+    return Redis.from_url(
+        settings.REDIS_URL,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=15,
+    )

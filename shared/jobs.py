@@ -1,16 +1,23 @@
-"""The Redis job registry: create, read, list, and move jobs between states atomically."""
+"""The Redis job registry: records, atomic state moves, and the per-job lease with fencing.
+
+A worker runs a job only while it holds the job's lease: a Redis key holding a token
+"{fence}:{worker}" with an expiry the worker keeps renewing. The fence number grows with every
+acquisition, and every write a worker makes (status, progress, events, checkpoint commits)
+checks its token atomically in a Lua script, so a stale or duplicate worker can neither run
+at the same time as the owner nor overwrite newer state."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 
 from shared.schemas import JobPublic, JobSpec, JobSpecAdapter
-from shared.status import IllegalTransition, JobStatus, sources_of
+from shared.status import TERMINAL, IllegalTransition, JobStatus, sources_of
 
 
 class JobNotFound(KeyError):
@@ -20,6 +27,10 @@ class JobNotFound(KeyError):
 
     def __str__(self) -> str:
         return f"no job {self.job_id!r}"
+
+
+class LeaseLost(RuntimeError):
+    """This worker no longer holds the job's lease: another worker owns the job now."""
 
 
 def utcnow() -> datetime:
@@ -38,32 +49,132 @@ class RedisKeys:
     def jobs_by_time(self) -> str:
         return f"{self.prefix}:jobs"
 
+    def active(self) -> str:
+        """Queued and running jobs: what the reconciler looks at."""
+        return f"{self.prefix}:jobs:active"
+
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:events"
 
     def control(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:control"
 
+    def lease(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:lease"
+
+    def fence(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:fence"
+
+    def lease_log(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:leases"
+
+    def faults(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:faults"
+
+    def worker_control(self, worker: str) -> str:
+        return f"{self.prefix}:worker:{worker}:control"
+
+    def worker_draining(self, worker: str) -> str:
+        return f"{self.prefix}:worker:{worker}:draining"
+
+    def reconciler_lock(self) -> str:
+        return f"{self.prefix}:reconciler:lock"
+
     def datasets(self) -> str:
         return f"{self.prefix}:datasets"
 
 
-# Move a job to ARGV[1] if its current status is one of the allowed sources, and set fields,
-# all in one atomic step so two writers cannot both win.
-# ARGV: target, n_sources, sources..., field, value, field, value...
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str  # "{fence}:{worker}"
+    fence: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The outcome of trying to take a job: `lease` is set only when this worker got it."""
+
+    outcome: str  # ok | held | finished | exhausted | missing
+    lease: Lease | None = None
+    detail: str = ""
+
+
+# Move a job to a target status if its current status is an allowed source, optionally only
+# while the caller holds the lease (fencing), and set fields, in one atomic step.
+# KEYS: job, lease, active set. ARGV: target, token ('' = unfenced), release ('1'/'0'),
+# terminal ('1'/'0'), n_sources, sources..., field, value, ...
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'missing', ''} end
-local n = tonumber(ARGV[2])
-for i = 3, 2 + n do
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return {'fenced', cur} end
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do
   if ARGV[i] == cur then
     local fields = {'status', ARGV[1]}
-    for j = 3 + n, #ARGV do fields[#fields + 1] = ARGV[j] end
+    for j = 6 + n, #ARGV do fields[#fields + 1] = ARGV[j] end
     redis.call('HSET', KEYS[1], unpack(fields))
+    if ARGV[3] == '1' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+    if ARGV[4] == '1' then redis.call('SREM', KEYS[3], KEYS[1]) end
     return {'ok', cur}
   end
 end
 return {'illegal', cur}
+"""
+
+# Take a job: it must be queued, or running with no live lease (its worker died). Counts the
+# attempt; refuses past the budget (attempts that did not end in a graceful requeue).
+# KEYS: job, lease, fence, lease log. ARGV: worker, ttl_ms, max_attempts, now, terminal...
+_ACQUIRE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', ''} end
+for i = 5, #ARGV do if status == ARGV[i] then return {'finished', status} end end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'event', 'dropped', 'worker', ARGV[1],
+             'holder', holder, 'time', ARGV[4])
+  return {'held', holder}
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local requeues = tonumber(redis.call('HGET', KEYS[1], 'requeues') or '0')
+if attempts - requeues >= tonumber(ARGV[3]) then return {'exhausted', tostring(attempts)} end
+local fence = redis.call('INCR', KEYS[3])
+local token = fence .. ':' .. ARGV[1]
+redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts + 1, 'worker', ARGV[1],
+           'fence', fence)
+if not redis.call('HGET', KEYS[1], 'started_at') then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[4])
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'event', 'acquired', 'worker', ARGV[1],
+           'fence', fence, 'attempt', attempts + 1, 'time', ARGV[4])
+return {'ok', token, tostring(fence), tostring(attempts + 1)}
+"""
+
+# KEYS: lease. ARGV: token, ttl_ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# Fenced field update. KEYS: job, lease. ARGV: token, field, value, ...
+_FENCED_HSET = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+return 1
+"""
+
+# A running job whose lease expired (its worker died) goes back to the queue.
+# KEYS: job, lease, lease log. ARGV: now.
+_RECLAIM = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'event', 'reclaimed', 'time', ARGV[1])
+return 1
 """
 
 _JSON_FIELDS = ("spec", "result")
@@ -79,13 +190,26 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+def _flatten(fields: dict[str, Any]) -> list[str]:
+    flat: list[str] = []
+    for key, value in fields.items():
+        flat += [key, _encode(value)]
+    return flat
+
+
 class JobRegistry:
-    """Job records as Redis hashes, plus a sorted set for newest-first listing."""
+    """Job records as Redis hashes, a sorted set for newest-first listing, leases for workers."""
 
     def __init__(self, redis: Redis, prefix: str = "trainyard") -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
         self._transition = redis.register_script(_TRANSITION)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._fenced_hset = redis.register_script(_FENCED_HSET)
+        self._reclaim = redis.register_script(_RECLAIM)
+
+    # --- records
 
     def create(self, spec: JobSpec) -> JobPublic:
         """Store a new queued job and return its record."""
@@ -98,7 +222,9 @@ class JobRegistry:
             "status": job.status.value,
             "spec": spec.model_dump(mode="json"),
             "created_at": now,
+            "enqueued_at": now,
             "attempts": 0,
+            "requeues": 0,
             "step": 0,
             "epoch": 0,
             "cancel_requested": False,
@@ -106,6 +232,7 @@ class JobRegistry:
         pipe = self.redis.pipeline()
         pipe.hset(self.keys.job(job.id), mapping={k: _encode(v) for k, v in fields.items()})
         pipe.zadd(self.keys.jobs_by_time(), {job.id: now.timestamp()})
+        pipe.sadd(self.keys.active(), self.keys.job(job.id))
         pipe.execute()
         return job
 
@@ -116,6 +243,10 @@ class JobRegistry:
             raise JobNotFound(job_id)
         return self._decode(raw)
 
+    def field(self, job_id: str, name: str) -> str | None:
+        value = self.redis.hget(self.keys.job(job_id), name)
+        return None if value is None else _text(value)
+
     def page(self, offset: int = 0, limit: int = 50) -> tuple[list[JobPublic], int]:
         """A page of jobs, newest first, and the total count."""
         ids = self.redis.zrevrange(self.keys.jobs_by_time(), offset, offset + limit - 1)
@@ -125,28 +256,61 @@ class JobRegistry:
         records = [self._decode(raw) for raw in pipe.execute() if raw]
         return records, int(self.redis.zcard(self.keys.jobs_by_time()))
 
-    def transition(self, job_id: str, target: JobStatus, **fields: Any) -> JobStatus:
+    def active_ids(self) -> list[str]:
+        """Ids of queued and running jobs."""
+        prefix = self.keys.job("")
+        return [_text(k).removeprefix(prefix) for k in self.redis.smembers(self.keys.active())]
+
+    # --- state moves
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        lease: Lease | None = None,
+        release: bool = False,
+        **fields: Any,
+    ) -> JobStatus:
         """Move the job to `target` and set `fields` atomically; returns the previous status.
 
+        With `lease`, only while that lease is held (LeaseLost otherwise); `release` drops it.
         Raises JobNotFound, or IllegalTransition when the current state does not allow it."""
         sources = [s.value for s in sources_of(target)]
         if target.is_terminal():
             fields.setdefault("finished_at", utcnow())
-        flat: list[str] = []
-        for key, value in fields.items():
-            flat += [key, _encode(value)]
+        token = lease.token if lease else ""
         outcome, current = self._transition(
-            keys=[self.keys.job(job_id)], args=[target.value, len(sources), *sources, *flat]
+            keys=[self.keys.job(job_id), self.keys.lease(job_id), self.keys.active()],
+            args=[
+                target.value,
+                token,
+                "1" if release else "0",
+                "1" if target.is_terminal() else "0",
+                len(sources),
+                *sources,
+                *_flatten(fields),
+            ],
         )
-        if _text(outcome) == "missing":
+        outcome = _text(outcome)
+        if outcome == "missing":
             raise JobNotFound(job_id)
-        if _text(outcome) == "illegal":
+        if outcome == "fenced":
+            raise LeaseLost(f"job {job_id}: lease {token} is no longer held")
+        if outcome == "illegal":
             raise IllegalTransition(JobStatus(_text(current)), target)
         return JobStatus(_text(current))
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set non-status fields (progress, worker...) on an existing job."""
-        self.redis.hset(self.keys.job(job_id), mapping={k: _encode(v) for k, v in fields.items()})
+    def update(self, job_id: str, lease: Lease | None = None, **fields: Any) -> None:
+        """Set non-status fields (progress, ...); with `lease`, only while it is held."""
+        if lease is None:
+            self.redis.hset(
+                self.keys.job(job_id), mapping={k: _encode(v) for k, v in fields.items()}
+            )
+        elif not self._fenced_hset(
+            keys=[self.keys.job(job_id), self.keys.lease(job_id)],
+            args=[lease.token, *_flatten(fields)],
+        ):
+            raise LeaseLost(f"job {job_id}: lease {lease.token} is no longer held")
 
     def request_cancel(self, job_id: str) -> JobPublic:
         """Cancel a job: a queued one at once, a running one cooperatively (the loop stops)."""
@@ -166,7 +330,61 @@ class JobRegistry:
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return _text(self.redis.hget(self.keys.job(job_id), "cancel_requested")) == "1"
+        return self.field(job_id, "cancel_requested") == "1"
+
+    # --- leases
+
+    def acquire(self, job_id: str, worker: str, ttl_s: float, max_attempts: int) -> Acquired:
+        """Take the job's lease and mark it running, if nobody holds it and budget remains."""
+        k = self.keys
+        reply = self._acquire(
+            keys=[k.job(job_id), k.lease(job_id), k.fence(job_id), k.lease_log(job_id)],
+            args=[
+                worker,
+                int(ttl_s * 1000),
+                max_attempts,
+                utcnow().isoformat(),
+                *(s.value for s in TERMINAL),
+            ],
+        )
+        outcome, *rest = [_text(r) for r in reply]
+        if outcome != "ok":
+            return Acquired(outcome, detail=rest[0] if rest else "")
+        token, fence, attempt = rest
+        return Acquired("ok", Lease(job_id, token, int(fence), int(attempt)))
+
+    def renew(self, lease: Lease, ttl_s: float) -> bool:
+        """Extend the lease; False when it is no longer ours."""
+        return bool(
+            self._renew(keys=[self.keys.lease(lease.job_id)], args=[lease.token, int(ttl_s * 1000)])
+        )
+
+    def holder(self, job_id: str) -> str | None:
+        value = self.redis.get(self.keys.lease(job_id))
+        return None if value is None else _text(value)
+
+    def log_lease(self, job_id: str, event: str, **info: Any) -> None:
+        self.redis.xadd(
+            self.keys.lease_log(job_id),
+            {"event": event, "time": utcnow().isoformat(), **{k: str(v) for k, v in info.items()}},
+            maxlen=1000,
+            approximate=True,
+        )
+
+    def lease_history(self, job_id: str) -> list[dict[str, str]]:
+        """The job's lease log: acquisitions, dropped duplicates, releases, reclaims."""
+        entries: Any = self.redis.xrange(self.keys.lease_log(job_id))
+        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
+
+    def reclaim(self, job_id: str) -> bool:
+        """Requeue a running job whose lease expired (its worker died); True if it was."""
+        k = self.keys
+        return bool(
+            self._reclaim(
+                keys=[k.job(job_id), k.lease(job_id), k.lease_log(job_id)],
+                args=[utcnow().isoformat()],
+            )
+        )
 
     @staticmethod
     def _decode(raw: dict[Any, Any]) -> JobPublic:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 from celery import Celery
+from redis import Redis
 
 from shared.config import Settings
 
@@ -35,3 +39,26 @@ def make_celery(settings: Settings) -> Celery:
 def enqueue_training(app: Celery, job_id: str, queue: str) -> None:
     """Put one training job on the queue."""
     app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+
+
+def _job_id_of(raw: bytes | str) -> str | None:
+    """The job id in one Celery message as kombu's Redis transport stores it."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # the `unacked` hash holds [message, exchange, key]
+            message = message[0]
+        if message.get("headers", {}).get("task") != TRAIN_TASK:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def broker_job_ids(redis: Redis, queue: str) -> set[str]:
+    """Job ids with a message waiting in the queue or delivered and not yet acknowledged."""
+    raws = list(redis.lrange(queue, 0, -1)) + list(redis.hvals("unacked"))
+    return {job_id for raw in raws if (job_id := _job_id_of(raw)) is not None}

@@ -163,7 +163,14 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    attempts: int = 0
+    attempts: int = Field(0, description="How many times a worker started the job")
+    requeues: int = Field(0, description="Graceful hand-backs (worker shutdown); not failures")
+    enqueued_at: datetime | None = None
+    micro_batch_size: int | None = Field(
+        None,
+        description="Set after a GPU out-of-memory: batches are split into micro-batches "
+        "of this size with gradient accumulation (same effective batch)",
+    )
     step: int = 0
     epoch: int = 0
     total_steps: int | None = None

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
+import certifi
+import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from shared.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,20 @@ class ArtifactNotFound(KeyError):
     pass
 
 
+class StorageUnavailable(RuntimeError):
+    """Object storage stayed unreachable for the whole retry budget."""
+
+
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: the server is down, restarting or overloaded; not a 4xx."""
+    if isinstance(exc, S3Error):
+        return exc.code in _TRANSIENT_CODES
+    return isinstance(exc, ServerError | urllib3.exceptions.HTTPError | OSError)
+
+
 class ArtifactStore(ABC):
     """What trainyard needs from object storage; S3 in production, a folder in notebooks."""
 
@@ -126,17 +149,32 @@ class ArtifactStore(ABC):
 
 
 class S3ArtifactStore(ArtifactStore):
-    """Any S3-compatible server (MinIO, SeaweedFS, AWS) through the `minio` SDK."""
+    """Any S3-compatible server (MinIO, SeaweedFS, AWS) through the `minio` SDK. Transient
+    failures are retried with backoff for `retry_s` seconds, then StorageUnavailable."""
 
-    def __init__(self, client: Minio, bucket: str, presign_client: Minio | None = None) -> None:
+    def __init__(
+        self, client: Minio, bucket: str, presign_client: Minio | None = None, retry_s: float = 60.0
+    ) -> None:
         self.client = client
         self.bucket = bucket
         # Presigned URLs are signed for the host clients will use, which may differ from the
         # in-cluster endpoint; signing is local, so this client never opens a connection.
         self.presign_client = presign_client or client
+        self.retry_s = retry_s
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> S3ArtifactStore:
+    def from_settings(cls, settings: Settings, retry_s: float | None = None) -> S3ArtifactStore:
+        # Bounded timeouts: a hung server must fail a call, not block training for minutes.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60),
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+        )
+
         def client(endpoint: str) -> Minio:
             return Minio(
                 endpoint,
@@ -144,12 +182,38 @@ class S3ArtifactStore(ArtifactStore):
                 secret_key=settings.S3_SECRET_KEY,
                 secure=settings.S3_SECURE,
                 region=settings.S3_REGION,
+                http_client=http,
             )
 
         public = settings.S3_PUBLIC_ENDPOINT
         return cls(
-            client(settings.S3_ENDPOINT), settings.S3_BUCKET, client(public) if public else None
+            client(settings.S3_ENDPOINT),
+            settings.S3_BUCKET,
+            client(public) if public else None,
+            settings.S3_RETRY_S if retry_s is None else retry_s,
         )
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Run `call`, retrying transient failures with backoff for up to retry_s seconds."""
+        if self.retry_s <= 0:
+            return call()
+        retrying = Retrying(
+            stop=stop_after_delay(self.retry_s),
+            wait=wait_exponential(multiplier=0.25, max=5),
+            retry=retry_if_exception(_transient),
+            before_sleep=lambda state: log.warning(
+                "S3 %s failed (%s); retrying", what, state.outcome and state.outcome.exception()
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(call)
+        except Exception as exc:
+            if _transient(exc):
+                raise StorageUnavailable(
+                    f"object storage unreachable for {self.retry_s:.0f}s ({what}): {exc}"
+                ) from exc
+            raise
 
     def ensure_bucket(self) -> None:
         if not self.client.bucket_exists(self.bucket):
@@ -158,27 +222,35 @@ class S3ArtifactStore(ArtifactStore):
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
-        )
+        def put() -> None:
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
+
+        self._retrying(f"PUT {key}", put)
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ArtifactNotFound(key) from exc
-            raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        def get() -> bytes:
+            try:
+                response = self.client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    raise ArtifactNotFound(key) from exc
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._retrying(f"GET {key}", get)
 
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
-        objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
-        found = [ObjectInfo(o.object_name or "", o.size or 0) for o in objects]
-        return sorted(found, key=lambda o: o.key)
+        def listing() -> list[ObjectInfo]:
+            objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            return [ObjectInfo(o.object_name or "", o.size or 0) for o in objects]
+
+        return sorted(self._retrying(f"LIST {prefix}", listing), key=lambda o: o.key)
 
     def url(self, key: str, expires: timedelta) -> str:
         return self.presign_client.presigned_get_object(self.bucket, key, expires=expires)

@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis import Redis
 
 from services.api.routes import datasets, health, jobs
 from shared.catalog import DatasetCatalog, DatasetNotFound
-from shared.config import Settings, get_settings
+from shared.config import Settings, connect_redis, get_settings
 from shared.events import EventStream
 from shared.jobs import JobNotFound, JobRegistry
 from shared.queue import make_celery
+from shared.reconciler import Reconciler
 from shared.status import IllegalTransition
 from shared.storage import S3ArtifactStore
 
@@ -24,14 +24,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.REDIS_URL)
+        redis = connect_redis(settings)
         app.state.settings = settings
         app.state.registry = JobRegistry(redis, settings.KEY_PREFIX)
         app.state.events = EventStream(redis, settings.KEY_PREFIX)
         app.state.store = S3ArtifactStore.from_settings(settings)
         app.state.catalog = DatasetCatalog(redis, app.state.store, settings.KEY_PREFIX)
         app.state.celery = make_celery(settings)
+        reconciler = Reconciler(app.state.registry, app.state.events, app.state.celery, settings)
+        reconciler.start()
         yield
+        reconciler.stop()
         redis.close()
 
     app = FastAPI(

@@ -37,3 +37,29 @@ def test_corrupt_or_missing_newest_falls_back(tmp_path: Path) -> None:
 
 def test_no_manifest_means_fresh_start(tmp_path: Path) -> None:
     assert checkpoint.load_latest(LocalArtifactStore(tmp_path), JobKeys("new")) is None
+
+
+class _Evil:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("touch /tmp/trainyard-pwned",))
+
+
+def test_malicious_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    store, keys = LocalArtifactStore(tmp_path), JobKeys("j")
+    checkpoint.save(store, keys, 1, 0, _state(1))
+    checkpoint.save(store, keys, 2, 0, {"model": _Evil()})  # a valid manifest names it
+    manifest = checkpoint.read_manifest(store, keys)
+    data = store.get_bytes(keys.checkpoint(2))
+    assert manifest is not None and manifest.sha256 == hashlib.sha256(data).hexdigest()
+    if os.path.exists("/tmp/trainyard-pwned"):
+        os.remove("/tmp/trainyard-pwned")
+    found = checkpoint.load_latest(store, keys)
+    assert found is not None and found[0].step == 1  # fell back to the safe one
+    assert not os.path.exists("/tmp/trainyard-pwned")

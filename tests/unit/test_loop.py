@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from shared.schemas import ClassifierSpec, JobSummary
+from shared.schemas import ClassifierSpec, GanSpec, JobSummary
 from shared.storage import LocalArtifactStore
 from workers.trainer import checkpoint
+from workers.trainer.data import load_dataset
 from workers.trainer.loop import fit
 from workers.trainer.models import build_model
-from workers.trainer.run import JobCancelled, LocalRun, Run
+from workers.trainer.recipes import ClassifierRecipe, GanRecipe
+from workers.trainer.run import JobStopped, LocalRun, Run, StopReason
 
 SMOKE = ClassifierSpec(
     dataset="fake",
@@ -24,6 +25,19 @@ SMOKE = ClassifierSpec(
     log_every=2,
     device="cpu",
 )  # 8 steps per epoch
+
+
+class StopAt(LocalRun):
+    """A run whose stop reason turns on once `step` is reached (as another thread would)."""
+
+    def __init__(self, store: LocalArtifactStore, step: int, reason: StopReason) -> None:
+        super().__init__("j", store)
+        self.at, self.reason = step, reason
+
+    def should_stop(self, step: int) -> bool:
+        if step >= self.at:
+            self.stop_reason = self.reason
+        return super().should_stop(step)
 
 
 def test_fit_writes_every_artifact_and_event(tmp_path: Path) -> None:
@@ -44,9 +58,7 @@ def test_fit_writes_every_artifact_and_event(tmp_path: Path) -> None:
     steps = [e for e in run.events if e.kind == "step"]
     assert [e.step for e in steps] == list(range(2, 17, 2))
     assert {"loss", "images_per_s", "peak_host_rss_bytes"} <= set(steps[-1].metrics)
-    assert not any(
-        k.startswith("peak_gpu") for e in steps for k in e.metrics
-    )  # CPU: no GPU figures
+    assert not any(k.startswith("peak_gpu") for e in steps for k in e.metrics)  # CPU: no GPU
     assert summary.memory.peak_gpu_allocated_bytes is None
     assert summary.memory.peak_host_rss_bytes and "not GPU" in summary.memory.note
     step_peak = summary.memory.peak_step_tensor_bytes
@@ -60,23 +72,26 @@ def test_final_model_reproduces_reported_accuracy(tmp_path: Path) -> None:
     saved = checkpoint.from_bytes(run.store.get_bytes(run.keys.final_model))
     model = build_model(saved["model_name"])
     model.load_state_dict(saved["state_dict"])
-    from workers.trainer.data import load_dataset
-
     data = load_dataset("fake")
     with torch.no_grad():
         acc = (model.eval()(data.test_x / 255).argmax(1) == data.test_y).float().mean().item()
     assert acc == pytest.approx(summary.metrics["test_accuracy"], abs=1e-9)
 
 
-def test_cancel_flag_stops_within_a_step(tmp_path: Path) -> None:
-    class CancelAt(LocalRun):
-        def should_stop(self) -> bool:
-            return any(e.kind == "step" and e.step >= 5 for e in self.events + self._pending)
-
-    run = CancelAt("cancel", LocalArtifactStore(tmp_path))
-    with pytest.raises(JobCancelled) as info:
+def test_cancel_stops_at_the_step_without_a_checkpoint(tmp_path: Path) -> None:
+    run = StopAt(LocalArtifactStore(tmp_path), 5, "cancel")
+    with pytest.raises(JobStopped) as info:
         fit(SMOKE.model_copy(update={"log_every": 1}), run)
-    assert info.value.step == 5
+    assert info.value.step == 5 and info.value.reason == "cancel"
+    assert not run.store.exists(run.keys.checkpoint(5))
+
+
+def test_shutdown_checkpoints_the_step_it_stops_at(tmp_path: Path) -> None:
+    run = StopAt(LocalArtifactStore(tmp_path), 5, "shutdown")
+    with pytest.raises(JobStopped):
+        fit(SMOKE, run)
+    manifest = checkpoint.read_manifest(run.store, run.keys)
+    assert manifest is not None and manifest.step == 5
 
 
 def test_resume_continues_the_step_count_with_identical_weights(tmp_path: Path) -> None:
@@ -84,16 +99,16 @@ def test_resume_continues_the_step_count_with_identical_weights(tmp_path: Path) 
     straight = Run.local(tmp_path / "a", job_id="j")
     fit(spec, straight)
 
-    # Interrupt at step 7 (checkpoint at 5), then run again on the same store: resumes at 5.
-    interrupted = Run.local(tmp_path / "b", job_id="j")
-    interrupted.stop_requested = _SetAfter(7, interrupted)
-    with pytest.raises(JobCancelled):
-        fit(spec, interrupted)
-    resumed = LocalRun("j", interrupted.store)
+    # Crash at step 7 (the last checkpoint is step 5), then run again on the same store.
+    crashed = StopAt(LocalArtifactStore(tmp_path / "b"), 7, "lease_lost")
+    with pytest.raises(JobStopped):
+        fit(spec, crashed)
+    resumed = LocalRun("j", crashed.store)
     summary = fit(spec, resumed)
     assert summary.steps == 16
-    first_step = min(e.step for e in resumed.events if e.kind == "step")
-    assert first_step == 6  # log_every 2: step 6 is the first logged step after 5
+    start = next(e for e in resumed.events if e.kind == "log")
+    assert start.info["resumed_from"] == 5
+    assert min(e.step for e in resumed.events if e.kind == "step") == 6
 
     def weights(run: Run) -> dict[str, torch.Tensor]:
         return checkpoint.from_bytes(run.store.get_bytes(run.keys.final_model))["state_dict"]
@@ -102,14 +117,25 @@ def test_resume_continues_the_step_count_with_identical_weights(tmp_path: Path) 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-class _SetAfter(threading.Event):
-    """A stop flag that turns on once the run has logged `step`."""
+def test_micro_batches_give_the_full_batch_gradient() -> None:
+    """book_mlp has no BatchNorm, so accumulation over 4 micro-batches must equal one batch."""
+    spec = ClassifierSpec(model="book_mlp", dataset="fake", device="cpu")
+    data = load_dataset("fake")
+    x, y = data.train_x[:64], data.train_y[:64]
+    torch.manual_seed(0)
+    whole = ClassifierRecipe(spec, data, torch.device("cpu"))
+    torch.manual_seed(0)
+    split = ClassifierRecipe(spec, data, torch.device("cpu"), micro_batch=16)
+    a, b = whole.train_step(x, y)["loss"], split.train_step(x, y)["loss"]
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    for p, q in zip(whole.model.parameters(), split.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
 
-    def __init__(self, step: int, run: LocalRun) -> None:
-        super().__init__()
-        self.step, self.run = step, run
 
-    def is_set(self) -> bool:
-        return any(
-            e.step >= self.step for e in self.run.events + self.run._pending if e.kind == "step"
-        )
+def test_gan_micro_batches_train() -> None:
+    spec = GanSpec(dataset="fake", device="cpu", batch_size=16)
+    data = load_dataset("fake")
+    recipe = GanRecipe(spec, data, torch.device("cpu"), micro_batch=4)
+    metrics = recipe.train_step(data.train_x[:16], data.train_y[:16])
+    assert set(metrics) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    assert all(torch.isfinite(v) for v in metrics.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import pickle
 from typing import Any
 
 import torch
@@ -71,5 +72,9 @@ def load_latest(store: ArtifactStore, keys: JobKeys) -> tuple[CheckpointRef, dic
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             log.warning("checkpoint %s does not match its sha256; trying an older one", ref.key)
             continue
-        return ref, from_bytes(data)
+        try:
+            return ref, from_bytes(data)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            # weights_only refuses code (e.g. a malicious pickle): never load it, fall back.
+            log.error("checkpoint %s refused by torch.load(weights_only=True): %s", ref.key, exc)
     return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -12,26 +12,33 @@ from shared.schemas import JobSpec, JobSummary
 from workers.trainer.data import Batches, load_dataset
 from workers.trainer.memory import MemoryMeter, pick_device
 from workers.trainer.recipes import Recipe, make_recipe
-from workers.trainer.run import JobCancelled, Run
+from workers.trainer.run import Run
 
 
-def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
-    """Train `spec`, writing checkpoints, sample grids and metrics to `run`; resumes if it can."""
+def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -> JobSummary:
+    """Train `spec`, writing checkpoints, sample grids and metrics to `run`; resumes from the
+    run's latest checkpoint if there is one. `micro_batch` splits each batch (same optimiser
+    step, gradients accumulated) when a full batch does not fit in memory."""
     run = run or Run.local()
     device = pick_device(spec.device)
     meter = MemoryMeter(device)
     torch.manual_seed(spec.seed)
     data = load_dataset(spec.dataset, run.store, run.data_dir).to(device)
-    recipe = make_recipe(spec, data, device)
+    recipe = make_recipe(spec, data, device, micro_batch)
     batches = Batches(data.train_x, data.train_y, spec.batch_size, spec.seed)
-    total = min(spec.epochs * len(batches), spec.max_steps or math.inf)
+    total = min(spec.epochs * len(batches), spec.max_steps or spec.epochs * len(batches))
     step = _resume(run, recipe)
     run.emit(
         "log",
         step,
         step // len(batches),
-        info={"total_steps": total, "device": str(device), "resumed_from": step},
         flush=True,
+        info={
+            "total_steps": total,
+            "device": str(device),
+            "resumed_from": step,
+            "micro_batch": micro_batch or spec.batch_size,
+        },
     )
 
     metrics: dict[str, float] = {}
@@ -40,25 +47,20 @@ def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
         epoch, done_in_epoch = divmod(step, len(batches))
         for x, y in batches.epoch(epoch, skip=done_in_epoch):
             with meter.first_step(recipe.state_dict):  # CPU: the profiler's tensor peak
-                losses = recipe.train_step(recipe.prepare(x), y)
+                losses = recipe.train_step(x, y)
             step += 1
             images += len(x)
             if step % spec.log_every == 0 or step == total:
                 train_s += time.perf_counter() - window  # float() below syncs CUDA first
-                run.emit(
-                    "step",
-                    step,
-                    epoch,
-                    {**losses, "images_per_s": images / train_s, **meter.peak()},
-                )
+                rate = {"images_per_s": images / train_s}
+                run.emit("step", step, epoch, {**losses, **rate, **meter.peak()})
                 window = time.perf_counter()
             if step % spec.checkpoint_every == 0:
                 run.checkpoint(step, epoch, _state(recipe, step, epoch))
             if step % spec.sample_every == 0:
                 run.sample(step, epoch, recipe.sample_grid())
-            if run.should_stop():
-                run.flush()
-                raise JobCancelled(step)
+            if run.should_stop(step):  # cancel, shutdown or lost lease
+                raise run.stop(step, epoch, partial(_state, recipe, step, epoch))
             if step == total:
                 break
         metrics = recipe.evaluate()
@@ -93,7 +95,7 @@ def fit(spec: JobSpec, run: Run | None = None) -> JobSummary:
 
 
 def _state(recipe: Recipe, step: int, epoch: int) -> dict[str, Any]:
-    """One checkpoint dict (nanoGPT-style): weights, optimiser, where we are, RNG."""
+    """One checkpoint dict (nanoGPT-style): weights, optimisers, where we are, RNG."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()

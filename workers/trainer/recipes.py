@@ -25,6 +25,8 @@ GRID_COLUMNS = 8
 
 
 class Recipe(Protocol):
+    """train_step takes uint8 images as stored and prepares them (per micro-batch)."""
+
     prepare: Prepare
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]: ...
@@ -44,21 +46,33 @@ def _prepare_for(spec: JobSpec) -> Prepare:
 class ClassifierRecipe:
     """BOOK.md §2: Sigmoid outputs, BCELoss against one-hot targets, Adam."""
 
-    def __init__(self, spec: ClassifierSpec, data: ImageData, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: ClassifierSpec,
+        data: ImageData,
+        device: torch.device,
+        micro_batch: int | None = None,
+    ) -> None:
         self.spec, self.data = spec, data
         self.prepare = _prepare_for(spec)
+        self.micro = micro_batch or spec.batch_size
         self.model = build_model(spec.model).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.loss_fn = nn.BCELoss()
         self.outputs = 10  # the book's models have 10 outputs whatever the data set
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """One optimiser step on a uint8 batch, accumulated over micro-batches if set."""
         self.model.train()
-        loss = self.loss_fn(self.model(x), F.one_hot(y, self.outputs).float())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=x.device)
+        for xs, ys in zip(x.split(self.micro), y.split(self.micro), strict=True):
+            share = len(xs) / len(x)  # mean over the whole batch, whatever the split
+            loss = self.loss_fn(self.model(self.prepare(xs)), F.one_hot(ys, self.outputs).float())
+            (loss * share).backward()
+            total += loss.detach() * share
         self.optimizer.step()
-        return {"loss": loss.detach()}
+        return {"loss": total}
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -129,9 +143,16 @@ class GanRecipe:
     D on G(z).detach() -> 0, then G -> 1 through D. A conditional GAN joins a one-hot label
     to D's and G's inputs: the real image's own label, and random labels for fakes."""
 
-    def __init__(self, spec: GanSpec | CganSpec, data: ImageData, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: GanSpec | CganSpec,
+        data: ImageData,
+        device: torch.device,
+        micro_batch: int | None = None,
+    ) -> None:
         self.spec, self.data, self.device = spec, data, device
         self.prepare = _prepare_for(spec)
+        self.micro = micro_batch or spec.batch_size
         self.book = spec.mode == "book"
         info = MODELS[spec.model]
         c, h, w = self.prepare(data.train_x[:1]).shape[1:]
@@ -178,33 +199,53 @@ class GanRecipe:
         return self.loss_fn(out, torch.full_like(out, target))
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """One D and one G update on a uint8 batch of real images (and their labels)."""
         self.D.train()
         self.G.train()
-        n = len(x)
-        real_label = self._one_hot(y) if self.classes else None
         if self.book:
-            return self._book_step(x, real_label, n)
-        fake_label = self._random_labels(n)
-        fake = self._g(self._seed(n), fake_label)
-        d_real, d_fake = self._d(x, real_label), self._d(fake.detach(), fake_label)
-        # One-sided label smoothing (real target 0.9) keeps D from overpowering G.
-        d_loss = self._bce(d_real, 0.9) + self._bce(d_fake, 0.0)
+            return self._book_step(self.prepare(x), self._one_hot(y) if self.classes else None)
+        n = len(x)
+        z, fake_label = self._seed(n), self._random_labels(n)
+        chunks = [slice(i, i + self.micro) for i in range(0, n, self.micro)]
+        # D on real and on G(z).detach(), accumulated over micro-batches, one D update.
         self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        zero = torch.zeros((), device=self.device)
+        fakes: list[Tensor | None] = []
+        d_loss, d_real, d_fake, g_loss = zero, zero, zero, zero
+        for c in chunks:
+            share = len(x[c]) / n
+            real_label = self._one_hot(y[c]) if self.classes else None
+            fake = self._g(z[c], _part(fake_label, c))
+            out_real, out_fake = (
+                self._d(self.prepare(x[c]), real_label),
+                self._d(fake.detach(), _part(fake_label, c)),
+            )
+            # One-sided label smoothing (real target 0.9) keeps D from overpowering G.
+            loss = self._bce(out_real, 0.9) + self._bce(out_fake, 0.0)
+            (loss * share).backward()
+            d_loss = d_loss + loss.detach() * share
+            d_real = d_real + out_real.detach().mean() * share
+            d_fake = d_fake + out_fake.detach().mean() * share
+            fakes.append(fake if len(chunks) == 1 else None)  # keep the graph only if one chunk
         self.opt_d.step()
-        g_loss = self._bce(self._d(fake, fake_label), 1.0)
+        # G through the updated D, the same seeds; recomputed per chunk when split.
         self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        for c, kept in zip(chunks, fakes, strict=True):
+            fake = kept if kept is not None else self._g(z[c], _part(fake_label, c))
+            loss = self._bce(self._d(fake, _part(fake_label, c)), 1.0)
+            (loss * len(x[c]) / n).backward()
+            g_loss = g_loss + loss.detach() * len(x[c]) / n
         self.opt_g.step()
         return {
-            "d_loss": d_loss.detach(),
-            "g_loss": g_loss.detach(),
-            "d_real": d_real.detach().mean(),
-            "d_fake": d_fake.detach().mean(),
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "d_real": d_real,
+            "d_fake": d_fake,
         }
 
-    def _book_step(self, x: Tensor, real_label: Tensor | None, n: int) -> dict[str, Tensor]:
+    def _book_step(self, x: Tensor, real_label: Tensor | None) -> dict[str, Tensor]:
         """Exactly the book: three separate updates, each with its own seed (and label)."""
+        n = len(x)
         d_real = self._d(x, real_label)
         loss_real = self._update(self.opt_d, self._bce(d_real, 1.0))
         fake_label = self._random_labels(n)
@@ -279,10 +320,16 @@ class GanRecipe:
         }
 
 
-def make_recipe(spec: JobSpec, data: ImageData, device: torch.device) -> Recipe:
+def make_recipe(
+    spec: JobSpec, data: ImageData, device: torch.device, micro_batch: int | None = None
+) -> Recipe:
     if isinstance(spec, ClassifierSpec):
-        return ClassifierRecipe(spec, data, device)
-    return GanRecipe(spec, data, device)
+        return ClassifierRecipe(spec, data, device, micro_batch)
+    return GanRecipe(spec, data, device, micro_batch)
+
+
+def _part(t: Tensor | None, c: slice) -> Tensor | None:
+    return None if t is None else t[c]
 
 
 def _confusion_png(matrix: list[list[int]], classes: list[str], cell: int = 28) -> bytes:

@@ -1,14 +1,14 @@
-"""Run: what fit() reports to. Artifacts go to a store, events to a sink, and a flag says stop."""
+"""Run: what fit() reports to. Artifacts go to a store, events to a sink, and a stop reason
+(cancel, shutdown, lost lease) tells the loop to stop."""
 
 from __future__ import annotations
 
 import io
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from torch import Tensor
@@ -19,16 +19,20 @@ from shared.storage import ArtifactStore, JobKeys, LocalArtifactStore
 from workers.trainer import checkpoint
 
 EventSink = Callable[[list[JobEvent]], None]
+StopReason = Literal["cancel", "shutdown", "lease_lost"]
 
 # Metric events are buffered and published in batches: one Redis round trip per flush, not
 # per step, so logging never slows training.
 FLUSH_INTERVAL_S = 0.25
 
 
-class JobCancelled(Exception):
-    def __init__(self, step: int) -> None:
-        super().__init__(f"cancelled at step {step}")
+class JobStopped(Exception):
+    """The loop stopped before the end: cancelled, handed back on shutdown, or lease lost."""
+
+    def __init__(self, step: int, reason: StopReason) -> None:
+        super().__init__(f"stopped at step {step}: {reason}")
         self.step = step
+        self.reason = reason
 
 
 class Run:
@@ -46,7 +50,8 @@ class Run:
         self.data_dir = Path(data_dir)
         self.keys = JobKeys(job_id)
         self.sink = sink
-        self.stop_requested = threading.Event()
+        # Set from another thread (cancel listener, heartbeat, signal handler); read each step.
+        self.stop_reason: StopReason | None = None
         self._pending: list[JobEvent] = []
         self._last_flush = time.monotonic()
         self._last_checkpoint_step = -1
@@ -81,20 +86,38 @@ class Run:
             self.sink(batch)
         self._last_flush = time.monotonic()
 
-    def should_stop(self) -> bool:
-        return self.stop_requested.is_set()
+    # --- stopping
+
+    def should_stop(self, step: int) -> bool:
+        """Checked after every step (cheap: a field set by other threads)."""
+        return self.stop_reason is not None
+
+    def stop(self, step: int, epoch: int, state: Callable[[], dict[str, Any]]) -> JobStopped:
+        """Wind down: on shutdown, checkpoint this step first so another worker resumes here."""
+        reason = self.stop_reason or "cancel"
+        if reason == "shutdown":
+            self.checkpoint(step, epoch, state())
+        self.emit("log", step, epoch, info={"stopped": reason}, flush=reason != "lease_lost")
+        return JobStopped(step, reason)
 
     # --- artifacts
 
     def checkpoint(self, step: int, epoch: int, state: dict[str, Any]) -> None:
         if step == self._last_checkpoint_step:
             return
+        self.before_commit(step)
         manifest = checkpoint.save(self.store, self.keys, step, epoch, state)
         self._last_checkpoint_step = step
         self.emit("checkpoint", step, epoch, info={"key": manifest.key, "sha256": manifest.sha256})
 
+    def before_commit(self, step: int) -> None:
+        """Called before a checkpoint is committed; a job's run checks its lease here."""
+
     def restore(self) -> tuple[CheckpointRef, dict[str, Any]] | None:
-        return checkpoint.load_latest(self.store, self.keys)
+        found = checkpoint.load_latest(self.store, self.keys)
+        if found is not None:
+            self._last_checkpoint_step = found[0].step
+        return found
 
     def sample(self, step: int, epoch: int, grid: Tensor) -> None:
         buf = io.BytesIO()

@@ -1,47 +1,112 @@
-"""Run one queued job on this worker: the Redis and S3 side of training, around fit()."""
+"""Run one job on this worker: take its lease, call fit(), and end the job in the right state.
+
+Every write is fenced by the lease (shared/jobs.py); a JobControl thread renews the lease and
+turns cancel requests, worker drains and a lost lease into the run's stop reason."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
+import torch
 from redis import Redis
 
-from shared.config import Settings
+from shared.config import Settings, connect_redis
 from shared.events import EventStream
-from shared.jobs import JobRegistry, utcnow
-from shared.schemas import JobEvent, JobSummary
+from shared.jobs import JobRegistry, Lease, LeaseLost, utcnow
+from shared.schemas import JobEvent, JobSpec
 from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
+from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.loop import fit
-from workers.trainer.run import JobCancelled, Run
+from workers.trainer.run import JobStopped, Run, StopReason
 
 log = logging.getLogger(__name__)
 
 
-class CancelListener:
-    """Sets `flag` as soon as the job's cancel is requested (pub/sub, with the hash as backstop)."""
+class JobRun(Run):
+    """A Run whose writes are fenced by the job's lease."""
 
-    def __init__(self, registry: JobRegistry, job_id: str, flag: threading.Event) -> None:
-        self.registry, self.job_id, self.flag = registry, job_id, flag
+    def __init__(self, runner: JobRunner, lease: Lease, faults: FaultPlan | None) -> None:
+        super().__init__(lease.job_id, runner.store, self._publish, runner.settings.DATA_DIR)
+        self.runner, self.lease, self.faults = runner, lease, faults
+
+    def _publish(self, events: list[JobEvent]) -> None:
+        progress = {"step": str(events[-1].step), "epoch": str(events[-1].epoch)}
+        for event in events:
+            if "total_steps" in event.info:
+                progress["total_steps"] = str(event.info["total_steps"])
+        self.runner.events.publish_fenced(self.lease, events, progress)
+
+    def before_commit(self, step: int) -> None:
+        # A worker that lost its lease must not move latest.json: check just before writing.
+        self.runner.registry.update(self.job_id, self.lease, checkpoint_step=step)
+
+    def should_stop(self, step: int) -> bool:
+        if self.faults is not None:
+            self.faults.trigger(step)
+        return super().should_stop(step)
+
+    def request_stop(self, reason: StopReason) -> None:
+        # A lost lease overrides everything; otherwise the first reason wins (cancel stays cancel).
+        if reason == "lease_lost" or self.stop_reason is None:
+            self.stop_reason = reason
+
+
+class JobControl:
+    """A thread beside the training loop: renews the lease every TTL/3 and listens for the
+    job's cancel and the worker's drain (pub/sub, with the Redis record as a backstop)."""
+
+    def __init__(self, runner: JobRunner, run: JobRun) -> None:
+        self.runner, self.run = runner, run
+        keys = runner.registry.keys
+        self.channels = {
+            keys.control(run.job_id): "cancel",
+            keys.worker_control(runner.worker): "shutdown",
+        }
         self._done = threading.Event()
-        self._pubsub = registry.redis.pubsub(ignore_subscribe_messages=True)
-        self._thread = threading.Thread(target=self._listen, name=f"cancel-{job_id}", daemon=True)
+        self._pubsub = runner.registry.redis.pubsub(ignore_subscribe_messages=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"control-{run.job_id}", daemon=True
+        )
 
-    def __enter__(self) -> CancelListener:
-        self._pubsub.subscribe(self.registry.keys.control(self.job_id))
+    def __enter__(self) -> JobControl:
+        self._pubsub.subscribe(*self.channels)
         self._thread.start()
         return self
 
-    def _listen(self) -> None:
-        # Subscribed before the first check, so a cancel sent in between is not missed.
+    def _loop(self) -> None:
+        registry, lease, ttl = (
+            self.runner.registry,
+            self.run.lease,
+            self.runner.settings.LEASE_TTL_S,
+        )
+        next_renew = next_check = 0.0  # check at once: a cancel may predate the subscription
         while not self._done.is_set():
-            if self.registry.cancel_requested(self.job_id):
-                self.flag.set()
-                return
-            self._pubsub.get_message(timeout=0.2)
+            try:
+                message = self._pubsub.get_message(timeout=0.25)
+                if message and message["data"] in (b"cancel", b"drain"):
+                    self.run.request_stop("cancel" if message["data"] == b"cancel" else "shutdown")
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    if registry.cancel_requested(lease.job_id):
+                        self.run.request_stop("cancel")
+                    if registry.redis.exists(registry.keys.worker_draining(self.runner.worker)):
+                        self.run.request_stop("shutdown")
+                if now >= next_renew:
+                    next_renew = now + ttl / 3
+                    if not registry.renew(lease, ttl):
+                        log.warning("job %s: lease %s lost", lease.job_id, lease.token)
+                        self.run.request_stop("lease_lost")
+            except Exception:  # Redis restarting: keep trying; the lease outlives short outages
+                log.exception("job %s: control loop error", lease.job_id)
+                time.sleep(0.5)
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._done.set()
@@ -50,70 +115,118 @@ class CancelListener:
 
 
 class JobRunner:
-    """Moves a job through running to a terminal state, with fit() doing the training."""
+    """One per worker process: connections are made once, jobs run one after another."""
 
-    def __init__(self, settings: Settings, worker: str) -> None:
-        redis = Redis.from_url(settings.REDIS_URL)
+    def __init__(self, settings: Settings, worker: str, enqueue: Callable[[str], None]) -> None:
+        redis: Redis = connect_redis(settings)
+        self.settings, self.worker, self.enqueue = settings, worker, enqueue
         self.registry = JobRegistry(redis, settings.KEY_PREFIX)
         self.events = EventStream(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
-        self.worker = worker
-        self.data_dir = settings.DATA_DIR
+        self.current: JobRun | None = None
 
     def run(self, job_id: str) -> JobStatus:
-        job = self.registry.get(job_id)
+        """Train the job if this worker can take it; returns the job's status afterwards."""
+        s = self.settings
+        got = self.registry.acquire(job_id, self.worker, s.LEASE_TTL_S, s.MAX_ATTEMPTS)
+        if got.outcome == "exhausted":
+            return self._give_up(job_id, int(got.detail))
+        if got.lease is None:  # held by a live worker (a redelivery), finished, or unknown
+            log.info("job %s not started here: %s %s", job_id, got.outcome, got.detail)
+            return JobStatus.RUNNING if got.outcome == "held" else JobStatus.FAILED
+        lease, job = got.lease, self.registry.get(job_id)
+        self._status_event(job_id, JobStatus.RUNNING, attempt=lease.attempt, fence=lease.fence)
+        faults = load_plan(self.registry, job_id, lease.attempt) if s.FAULT_INJECTION else None
+        self.current = run = JobRun(self, lease, faults)
+        try:
+            with JobControl(self, run):
+                summary = fit(job.spec, run, job.micro_batch_size)
+        except JobStopped as stop:
+            return self._after_stop(lease, stop)
+        except LeaseLost as exc:
+            log.warning("job %s: %s; another worker owns it now", job_id, exc)
+            return JobStatus.RUNNING
+        except torch.OutOfMemoryError as exc:
+            return self._after_oom(lease, job.spec, job.micro_batch_size, exc)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            return self._end(lease, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.current = None
+        return self._end(lease, JobStatus.SUCCEEDED, result=summary.model_dump(mode="json"))
+
+    def drain(self) -> None:
+        """SIGTERM in this process: hand the running job back at its next step."""
+        if self.current is not None:
+            self.current.request_stop("shutdown")
+
+    def _after_stop(self, lease: Lease, stop: JobStopped) -> JobStatus:
+        if stop.reason == "cancel":
+            return self._end(lease, JobStatus.CANCELLED, step=stop.step)
+        if stop.reason == "shutdown":  # checkpointed at this step: requeue for another worker
+            return self._requeue(lease, "worker shutting down", requeues=1)
+        return JobStatus.RUNNING  # lease lost: nothing of ours to write
+
+    def _after_oom(
+        self, lease: Lease, spec: JobSpec, micro: int | None, exc: torch.OutOfMemoryError
+    ) -> JobStatus:
+        """Free the memory and requeue with half the micro-batch (same effective batch); the
+        next start resumes from the last checkpoint and counts against the attempt budget."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = (micro or spec.batch_size) // 2
+        if half < 1:
+            return self._end(lease, JobStatus.FAILED, error=f"out of memory at batch size 1: {exc}")
+        log.warning("job %s: out of memory; retrying with micro-batch %d", lease.job_id, half)
+        return self._requeue(
+            lease,
+            f"out of memory: micro-batch {half}, "
+            f"{(micro or spec.batch_size) // half}x accumulation",
+            micro_batch_size=half,
+        )
+
+    def _requeue(self, lease: Lease, reason: str, requeues: int = 0, **fields: Any) -> JobStatus:
+        job_id = lease.job_id
+        if requeues:
+            fields["requeues"] = self.registry.get(job_id).requeues + requeues  # holder-only field
         try:
             self.registry.transition(
-                job_id,
-                JobStatus.RUNNING,
-                started_at=utcnow(),
-                worker=self.worker,
-                attempts=job.attempts + 1,
+                job_id, JobStatus.QUEUED, lease, release=True, enqueued_at=utcnow(), **fields
             )
-        except IllegalTransition as exc:
-            log.info("job %s not started: %s", job_id, exc)  # cancelled while queued, or done
-            return exc.current
-        self._status_event(job_id, JobStatus.RUNNING)
-        run = Run(job_id, self.store, lambda events: self._publish(job_id, events), self.data_dir)
-        with CancelListener(self.registry, job_id, run.stop_requested):
-            try:
-                summary = fit(job.spec, run)
-            except JobCancelled as exc:
-                return self._finish(job_id, JobStatus.CANCELLED, step=exc.step)
-            except Exception as exc:
-                log.exception("job %s failed", job_id)
-                return self._finish(job_id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-        return self._finish(job_id, JobStatus.SUCCEEDED, summary)
+        except LeaseLost:
+            return JobStatus.RUNNING
+        self.registry.log_lease(job_id, "released", worker=self.worker, reason=reason)
+        self._status_event(job_id, JobStatus.QUEUED, reason=reason)
+        self.enqueue(job_id)  # if this send fails, the reconciler re-enqueues it
+        return JobStatus.QUEUED
 
-    def _publish(self, job_id: str, events: list[JobEvent]) -> None:
-        self.events.publish(job_id, events)
-        progress: dict[str, object] = {"step": events[-1].step, "epoch": events[-1].epoch}
-        for event in events:
-            if "total_steps" in event.info:
-                progress["total_steps"] = event.info["total_steps"]
-        self.registry.update(job_id, **progress)
-
-    def _finish(
-        self,
-        job_id: str,
-        status: JobStatus,
-        summary: JobSummary | None = None,
-        error: str | None = None,
-        step: int | None = None,
-    ) -> JobStatus:
-        fields: dict[str, object] = {}
-        if summary is not None:
-            fields["result"] = summary.model_dump(mode="json")
-        if error is not None:
-            fields["error"] = error
-        if step is not None:
-            fields["step"] = step
-        self.registry.transition(job_id, status, **fields)
-        self._status_event(job_id, status, error=error)
+    def _end(self, lease: Lease, status: JobStatus, **fields: Any) -> JobStatus:
+        try:
+            self.registry.transition(lease.job_id, status, lease, release=True, **fields)
+        except (LeaseLost, IllegalTransition) as exc:
+            log.warning("job %s: not marking %s: %s", lease.job_id, status.value, exc)
+            return JobStatus.RUNNING
+        self.registry.log_lease(lease.job_id, "released", worker=self.worker, reason=status.value)
+        self._status_event(lease.job_id, status, error=fields.get("error"))
         return status
 
-    def _status_event(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        info: dict[str, object] = {"status": status.value, "worker": self.worker}
-        if error:
-            info["error"] = error
+    def _give_up(self, job_id: str, attempts: int) -> JobStatus:
+        error = (
+            f"gave up after {attempts} attempts that did not finish "
+            f"(TRAINYARD_MAX_ATTEMPTS={self.settings.MAX_ATTEMPTS})"
+        )
+        try:
+            self.registry.transition(job_id, JobStatus.FAILED, error=error)
+        except IllegalTransition:
+            return JobStatus(self.registry.get(job_id).status)
+        self._status_event(job_id, JobStatus.FAILED, error=error)
+        return JobStatus.FAILED
+
+    def _status_event(self, job_id: str, status: JobStatus, **info: Any) -> None:
+        info = {
+            "status": status.value,
+            "worker": self.worker,
+            **{k: v for k, v in info.items() if v is not None},
+        }
         self.events.publish(job_id, [JobEvent(kind="status", time=time.time(), info=info)])

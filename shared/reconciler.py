@@ -1,0 +1,101 @@
+"""The reconciler: a periodic pass that puts lost jobs back on the queue.
+
+- a `running` job whose lease expired: its worker died (kill -9, OOM killer, node loss)
+  without handing it back. It goes back to `queued` and gets a new message; the next worker
+  resumes from its last checkpoint.
+- a `queued` job with no message in the broker (lost in a crash between the record and the
+  send, or dropped as a duplicate while a dead worker's lease was still live): re-sent.
+
+Duplicate messages are harmless: a worker only trains a job whose lease it takes. Runs in the
+API process; a Redis lock makes one replica do each pass."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+
+from celery import Celery
+
+from shared.config import Settings
+from shared.events import EventStream
+from shared.jobs import JobNotFound, JobRegistry, utcnow
+from shared.queue import broker_job_ids, enqueue_training
+from shared.schemas import JobEvent
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(
+        self, registry: JobRegistry, events: EventStream, celery: Celery, settings: Settings
+    ) -> None:
+        self.registry, self.events, self.celery, self.settings = registry, events, celery, settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+
+    def pass_once(self) -> dict[str, list[str]]:
+        """One pass; returns the job ids it reclaimed and re-sent."""
+        done: dict[str, list[str]] = {"reclaimed": [], "resent": []}
+        lock = self.registry.redis.set(
+            self.registry.keys.reconciler_lock(),
+            "1",
+            nx=True,
+            px=int(self.settings.RECONCILE_INTERVAL_S * 1000),
+        )
+        if not lock:
+            return done  # another replica is on it
+        in_broker = broker_job_ids(self.registry.redis, self.settings.QUEUE)
+        for job_id in self.registry.active_ids():
+            try:
+                job = self.registry.get(job_id)
+            except JobNotFound:
+                self.registry.redis.srem(
+                    self.registry.keys.active(), self.registry.keys.job(job_id)
+                )
+                continue
+            if job.status.value == "running" and self.registry.reclaim(job_id):
+                self._resend(job_id, "its worker stopped renewing the lease (lost)")
+                done["reclaimed"].append(job_id)
+            elif (
+                job.status.value == "queued"
+                and job_id not in in_broker
+                and _age_s(job.enqueued_at or job.created_at) > self.settings.RECONCILE_GRACE_S
+            ):
+                self.registry.update(job_id, enqueued_at=utcnow())
+                self._resend(job_id, "its queue message was lost")
+                done["resent"].append(job_id)
+        return done
+
+    def _resend(self, job_id: str, reason: str) -> None:
+        log.warning("reconciler: requeueing job %s: %s", job_id, reason)
+        enqueue_training(self.celery, job_id, self.settings.QUEUE)
+        self.events.publish(
+            job_id,
+            [
+                JobEvent(
+                    kind="status",
+                    time=time.time(),
+                    info={"status": "queued", "reason": f"reconciler: {reason}"},
+                )
+            ],
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.RECONCILE_INTERVAL_S):
+            try:
+                self.pass_once()
+            except Exception:  # Redis restarting, say: try again next interval
+                log.exception("reconciler pass failed")
+
+
+def _age_s(when: datetime) -> float:
+    return (utcnow() - when).total_seconds()

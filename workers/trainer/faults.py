@@ -1,0 +1,44 @@
+"""Test-only fault injection: crash the worker process or raise a GPU out-of-memory error at
+a given step, so the reliability tests can exercise recovery with real processes.
+
+Active only when TRAINYARD_FAULT_INJECTION is on (refused in production). A test writes the
+plan into the job's Redis hash `{prefix}:job:{id}:faults` before the job starts:
+`exit_at_step` (os._exit, like kill -9 mid-step), `oom_at_step` (torch.OutOfMemoryError), and
+`attempts` ("1,2" = only on those attempts; absent = every attempt)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from shared.jobs import JobRegistry, _text
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    exit_at_step: int | None = None
+    oom_at_step: int | None = None
+
+    def trigger(self, step: int) -> None:
+        if step == self.exit_at_step:
+            os._exit(137)  # no cleanup, no ack: exactly what the OOM killer leaves behind
+        if step == self.oom_at_step:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected at step {step})")
+
+
+def load_plan(registry: JobRegistry, job_id: str, attempt: int) -> FaultPlan | None:
+    stored: dict[Any, Any] = registry.redis.hgetall(registry.keys.faults(job_id))
+    raw = {_text(k): _text(v) for k, v in stored.items()}
+    if not raw:
+        return None
+    attempts = raw.get("attempts")
+    if attempts and str(attempt) not in attempts.split(","):
+        return None
+
+    def step(name: str) -> int | None:
+        return int(raw[name]) if name in raw else None
+
+    return FaultPlan(step("exit_at_step"), step("oom_at_step"))
