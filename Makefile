@@ -45,7 +45,7 @@ system-deps:
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services workers devstack tests
+	$(VENV)/bin/mypy shared services workers devstack tests bench deploy
 
 clean: down
 	rm -rf .trainyard

@@ -96,10 +96,7 @@ def _build(root: Path) -> list[Obj]:
     objects: list[Obj] = []
     for entry in kust.get("resources") or []:
         target = root / entry
-        if target.is_dir():
-            loaded = _build(target)
-        else:
-            loaded = _load_objects(_file_in(root, entry))
+        loaded = _build(target) if target.is_dir() else _load_objects(_file_in(root, entry))
         for obj in loaded:
             if any(_ident(obj) == _ident(seen) for seen in objects):
                 raise RenderError(f"{root}: {_describe(obj)} is defined twice")

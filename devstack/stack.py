@@ -56,11 +56,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port(preferred: int | None = None, grpc_too: bool = False) -> int:
-    """A free loopback port; SeaweedFS also needs port + 10000 for gRPC."""
+def free_port(preferred: int | None = None, grpc_too: bool = False, span: int = 1) -> int:
+    """A free loopback port, with the `span - 1` ports after it free too; SeaweedFS also needs
+    each port + 10000 for gRPC."""
+
+    def one(p: int) -> bool:
+        return _port_free(p) and (not grpc_too or (p + 10000 < 65536 and _port_free(p + 10000)))
 
     def ok(p: int) -> bool:
-        return _port_free(p) and (not grpc_too or (p + 10000 < 65536 and _port_free(p + 10000)))
+        return all(one(p + i) for i in range(span))
 
     if preferred and ok(preferred):
         return preferred
@@ -124,11 +128,22 @@ class Process:
         except OSError:
             return True
 
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: int, group: bool = True) -> None:
+        """Send `sig` to the process group (the process and its children), or the process
+        alone, as Kubernetes signals a container's PID 1."""
         pid = self.pid()
         if pid is not None:
             with contextlib.suppress(OSError):
-                os.killpg(pid, sig)
+                (os.killpg if group else os.kill)(pid, sig)
+
+    def wait_exit(self, timeout: float) -> bool:
+        """True once the process has exited (reaping it if it is our child)."""
+        pid = self.pid()
+        deadline = time.monotonic() + timeout
+        while pid is not None and self.alive() and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        return not self.alive()
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left."""
@@ -168,18 +183,27 @@ class StackConfig:
     secret_key: str
     bucket: str = "trainyard"
     workers: int = 1
+    overrides: dict[str, str] = field(default_factory=dict)  # extra TRAINYARD_* settings
 
     @classmethod
-    def fresh(cls, root: Path, workers: int = 1, preferred: bool = True) -> StackConfig:
+    def fresh(
+        cls,
+        root: Path,
+        workers: int = 1,
+        preferred: bool = True,
+        overrides: dict[str, str] | None = None,
+    ) -> StackConfig:
         """New credentials and free ports (the usual ones when free and `preferred`)."""
         return cls(
             root=root,
             redis_port=free_port(6379 if preferred else None),
-            s3_port=free_port(8333 if preferred else None, grpc_too=True),
+            # S3 on this port; SeaweedFS's master, volume and filer on the next three.
+            s3_port=free_port(8333 if preferred else None, grpc_too=True, span=4),
             api_port=free_port(8000 if preferred else None),
             access_key="ty" + secrets.token_hex(8),
             secret_key=secrets.token_urlsafe(24),
             workers=workers,
+            overrides=overrides or {},
         )
 
     def save(self) -> None:
@@ -210,6 +234,7 @@ class StackConfig:
             "TRAINYARD_API_PORT": str(self.api_port),
             "TRAINYARD_API_URL": self.api_url,
             "TRAINYARD_DATA_DIR": str(self.root / "data"),
+            **self.overrides,
         }
 
     def settings(self) -> Settings:
@@ -263,13 +288,16 @@ class Stack:
                 "-s3",
                 f"-s3.port={p}",
                 f"-s3.config={root / 's3-identities.json'}",
-                f"-master.port={free_port(p + 1, grpc_too=True)}",
-                f"-volume.port={free_port(p + 2, grpc_too=True)}",
-                f"-filer.port={free_port(p + 3, grpc_too=True)}",
+                f"-master.port={p + 1}",
+                f"-volume.port={p + 2}",
+                f"-filer.port={p + 3}",
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 "-master.volumeSizeLimitMB=1024",
                 "-master.telemetry=false",
+                # A single local master: elect at once and stop promptly, so restarts are quick.
+                "-master.electionTimeout=1s",
+                "-volume.preStopSeconds=0",
             ],
             root,
         )
@@ -311,7 +339,7 @@ class Stack:
                     "--without-gossip",
                 ],
                 root,
-                env,
+                {**env, "TRAINYARD_WORKER_HEARTBEAT_FILE": str(root / f"worker-{i}.heartbeat")},
             )
             for i in range(c.workers)
         ]
@@ -366,6 +394,15 @@ class Stack:
 
     def running(self) -> bool:
         return all(p.alive() for p in self.processes)
+
+    def restart(self, proc: Process, ready: Callable[[], object], timeout: float = 60) -> None:
+        """Stop `proc` (SIGTERM, then SIGKILL) and start it again; wait until `ready`."""
+        proc.stop()
+        proc.start()
+        wait_for(ready, timeout, f"{proc.name} to come back")
+
+    def s3_ready(self) -> bool:
+        return _s3_round_trip(S3ArtifactStore.from_settings(self.config.settings(), retry_s=0))
 
     def redis_client(self) -> Redis:
         return Redis(port=self.config.redis_port, socket_timeout=5)

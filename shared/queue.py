@@ -29,11 +29,25 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.QUEUE,
         # Redis redelivers an unacked message after the visibility timeout: keep it above the
         # longest job so a healthy long job is never handed to a second worker.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, float]:
+    visibility = settings.visibility_timeout_s
+    options: dict[str, float] = {
+        "visibility_timeout": visibility,
+        "socket_timeout": 30,  # a publish to a vanished broker fails instead of hanging
+    }
+    if settings.VISIBILITY_TIMEOUT_S is not None:
+        # A short override (tests) also needs kombu to sweep for expired messages often; its
+        # default sweep is every ~100 s.
+        options["unacked_restore_interval"] = max(1.0, visibility / 3)
+        options["unacked_restore_throttle"] = 1
+    return options
 
 
 def enqueue_training(app: Celery, job_id: str, queue: str) -> None:

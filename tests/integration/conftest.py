@@ -3,7 +3,6 @@ Celery worker, each its own process on free loopback ports. No mocks."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,8 @@ UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 512
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    os.environ["TRAINYARD_UPLOAD_MAX_BYTES"] = str(UPLOAD_LIMIT)  # inherited by the API process
-    stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False))
+    overrides = {"TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT)}
+    stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False, overrides=overrides))
     try:
         stack.up()
         yield stack

@@ -105,6 +105,9 @@ class Run:
     def checkpoint(self, step: int, epoch: int, state: dict[str, Any]) -> None:
         if step == self._last_checkpoint_step:
             return
+        # Events up to a committed checkpoint are published first: a worker that dies after
+        # the commit leaves no gap, since its successor resumes from this step.
+        self.flush()
         self.before_commit(step)
         manifest = checkpoint.save(self.store, self.keys, step, epoch, state)
         self._last_checkpoint_step = step

@@ -133,6 +133,8 @@ class JobRunner:
             return self._give_up(job_id, int(got.detail))
         if got.lease is None:  # held by a live worker (a redelivery), finished, or unknown
             log.info("job %s not started here: %s %s", job_id, got.outcome, got.detail)
+            if got.outcome == "finished":
+                return JobStatus(got.detail)
             return JobStatus.RUNNING if got.outcome == "held" else JobStatus.FAILED
         lease, job = got.lease, self.registry.get(job_id)
         self._status_event(job_id, JobStatus.RUNNING, attempt=lease.attempt, fence=lease.fence)

@@ -1,0 +1,285 @@
+"""Crash safety with real processes and real signals: kill -9, SIGTERM, Redis and S3 restarts,
+redeliveries, corrupt checkpoints, injected OOMs, the attempt budget.
+
+A stack of its own: two workers, short lease and reconcile intervals, and a visibility timeout
+shorter than the jobs, so Redis redelivers running jobs (the lease must drop the duplicates)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minio import Minio
+from redis import Redis
+
+from devstack.stack import Process, Stack, StackConfig
+from shared.client import Client
+from shared.jobs import JobRegistry
+from shared.schemas import CheckpointManifest, JobEvent, JobPublic
+from shared.status import JobStatus
+from shared.storage import JobKeys
+from tests.conftest import wait_for
+
+LEASE_TTL_S = 3
+GRACE_S = 30
+S3_RETRY_S = 20
+OVERRIDES = {
+    "TRAINYARD_LEASE_TTL_S": str(LEASE_TTL_S),
+    "TRAINYARD_RECONCILE_INTERVAL_S": "1",
+    "TRAINYARD_RECONCILE_GRACE_S": "3",
+    "TRAINYARD_VISIBILITY_TIMEOUT_S": "6",
+    "TRAINYARD_MAX_ATTEMPTS": "3",
+    "TRAINYARD_SHUTDOWN_GRACE_S": str(GRACE_S),
+    "TRAINYARD_S3_RETRY_S": str(S3_RETRY_S),
+    "TRAINYARD_FAULT_INJECTION": "true",
+}
+# ~4,000 steps of batch 1 (about 10-20 s on a CPU): long enough to hit mid-run.
+LONG: dict[str, Any] = {
+    "task": "classifier",
+    "batch_size": 1,
+    "epochs": 1,
+    "mode": "fast",
+    "lr": 1e-3,
+    "checkpoint_every": 250,
+    "log_every": 25,
+    "sample_every": 100_000,
+}
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = Path(tmp_path_factory.mktemp("chaos"))
+    stack = Stack(StackConfig.fresh(root, workers=2, preferred=False, overrides=OVERRIDES))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        print(stack.logs(60))
+        stack.down()
+
+
+@pytest.fixture(scope="module")
+def api(chaos: Stack) -> Iterator[Client]:
+    with Client(chaos.config.api_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reg(chaos: Stack) -> JobRegistry:
+    return JobRegistry(chaos.redis_client())
+
+
+@pytest.fixture(scope="module")
+def s3(chaos: Stack) -> Minio:
+    c = chaos.config
+    return Minio(
+        f"127.0.0.1:{c.s3_port}", access_key=c.access_key, secret_key=c.secret_key, secure=False
+    )
+
+
+@pytest.fixture(autouse=True)
+def workers_up(chaos: Stack) -> Iterator[None]:
+    """Every test starts and ends with both workers running (tests kill them)."""
+    yield
+    for worker in chaos.workers:
+        if not worker.alive():
+            worker.start()
+    wait_for(chaos.workers_online, 60, "workers back online")
+
+
+def worker_of(chaos: Stack, job: JobPublic) -> Process:
+    assert job.worker is not None
+    return next(w for w in chaos.workers if job.worker.startswith(f"{w.name}-"))
+
+
+def step_events(api: Client, job_id: str) -> list[JobEvent]:
+    return api.metrics(job_id, kind="step")
+
+
+def starts(api: Client, job_id: str) -> list[JobEvent]:
+    return [e for e in api.metrics(job_id, kind="log") if "resumed_from" in e.info]
+
+
+def statuses(api: Client, job_id: str) -> list[dict[str, Any]]:
+    return [e.info for e in api.metrics(job_id, kind="status")]
+
+
+def no_gaps(api: Client, job_id: str, every: int, total: int) -> None:
+    logged = {e.step for e in step_events(api, job_id)}
+    assert set(range(every, total + 1, every)) <= logged
+
+
+def test_kill_9_after_first_checkpoint_resumes_on_another_worker(
+    chaos: Stack, api: Client, reg: JobRegistry, s3: Minio
+) -> None:
+    job = api.submit(LONG)
+    wait_for(lambda: int(reg.field(job.id, "checkpoint_step") or 0) >= 250, 120, "a checkpoint")
+    victim = worker_of(chaos, api.get(job.id))
+    victim.signal(signal.SIGKILL)  # the whole worker, no goodbye
+    done = api.wait(job.id, timeout=180)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.attempts == 2 and done.step == 4000
+    resumed = starts(api, job.id)[1].info["resumed_from"]
+    assert resumed >= 250 and resumed % 250 == 0  # continued from a checkpoint, not from 0
+    no_gaps(api, job.id, 25, 4000)
+    acquired = [e for e in reg.lease_history(job.id) if e["event"] == "acquired"]
+    assert [int(e["fence"]) for e in acquired] == [1, 2]
+    assert [s["status"] for s in statuses(api, job.id)].count("succeeded") == 1
+    finals = [
+        o
+        for o in s3.list_objects(chaos.config.bucket, JobKeys(job.id).prefix, recursive=True)
+        if (o.object_name or "").endswith("final/model.pt")
+    ]
+    assert len(finals) == 1
+
+
+def test_redelivered_message_is_dropped_while_the_lease_is_held(
+    chaos: Stack, api: Client, reg: JobRegistry
+) -> None:
+    """The visibility timeout (6 s) is shorter than the job: Redis hands the message to the
+    other worker while the first still trains. The lease turns it away; steps never overlap."""
+    job = api.submit({**LONG, "epochs": 2})
+    done = api.wait(job.id, timeout=240)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    history = reg.lease_history(job.id)
+    acquired = [e for e in history if e["event"] == "acquired"]
+    dropped = [e for e in history if e["event"] == "dropped"]
+    assert len(acquired) == 1 and done.attempts == 1
+    assert dropped, "expected at least one redelivery to be turned away"
+    assert all(e["holder"].endswith(acquired[0]["worker"]) for e in dropped)
+    steps = [e.step for e in step_events(api, job.id)]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one writer, in order
+
+
+def test_sigterm_mid_epoch_checkpoints_requeues_and_resumes(
+    chaos: Stack, api: Client, reg: JobRegistry
+) -> None:
+    job = api.submit(LONG)
+    wait_for(lambda: api.get(job.id).step >= 400, 120, "the job to be mid-epoch")
+    victim = worker_of(chaos, api.get(job.id))
+    sent = time.time()
+    victim.signal(signal.SIGTERM, group=False)  # like Kubernetes: PID 1 only
+    assert victim.wait_exit(GRACE_S), "worker did not shut down within the grace period"
+    requeued = next(e for e in api.metrics(job.id, kind="status") if e.info["status"] == "queued")
+    assert requeued.info["reason"] == "worker shutting down" and requeued.time - sent < GRACE_S
+    done = api.wait(job.id, timeout=180)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.requeues == 1 and done.attempts == 2
+    stopped = next(e for e in api.metrics(job.id, kind="log") if e.info.get("stopped"))
+    assert stopped.info["stopped"] == "shutdown"
+    assert starts(api, job.id)[1].info["resumed_from"] == stopped.step  # checkpointed mid-epoch
+    no_gaps(api, job.id, 25, 4000)
+
+
+def test_redis_restart_with_21_jobs(chaos: Stack, api: Client) -> None:
+    small = {"task": "classifier", "max_steps": 40, "checkpoint_every": 20, "log_every": 10}
+    ids = [api.submit({**small, "seed": i}).id for i in range(21)]
+    wait_for(lambda: any(api.get(i).status is JobStatus.RUNNING for i in ids), 60, "one running")
+    chaos.restart(chaos.redis, chaos.redis_client().ping)  # SIGTERM: Redis writes its AOF
+    for job_id in ids:
+        done = api.wait(job_id, timeout=300)
+        assert done.status is JobStatus.SUCCEEDED, (job_id, done.error)
+
+
+def test_short_s3_outage_is_ridden_out(chaos: Stack, api: Client) -> None:
+    job = api.submit({**LONG, "checkpoint_every": 100})
+    wait_for(lambda: api.get(job.id).step >= 300, 120, "the job to be running")
+    chaos.s3.signal(signal.SIGKILL)
+    assert chaos.s3.wait_exit(10)
+    time.sleep(3)
+    chaos.s3.start()  # back within the retry budget (it takes a few seconds to start)
+    done = api.wait(job.id, timeout=240)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.attempts == 1
+
+
+def test_long_s3_outage_fails_the_job_clearly_and_keeps_the_checkpoint(
+    chaos: Stack, api: Client, s3: Minio
+) -> None:
+    job = api.submit({**LONG, "checkpoint_every": 100})
+    wait_for(lambda: api.get(job.id).step >= 300, 120, "the job to be running")
+    chaos.s3.signal(signal.SIGKILL)
+    assert chaos.s3.wait_exit(10)
+    try:
+        done = api.wait(job.id, timeout=S3_RETRY_S + 60)
+    finally:
+        chaos.s3.start()
+        wait_for(chaos.s3_ready, 60, "S3 back")
+    assert done.status is JobStatus.FAILED
+    assert done.error and "object storage unreachable" in done.error
+    raw = s3.get_object(chaos.config.bucket, JobKeys(job.id).manifest).read()
+    manifest = CheckpointManifest.model_validate_json(raw)
+    assert manifest.step >= 100  # the last good checkpoint is still there and valid
+    assert s3.stat_object(chaos.config.bucket, manifest.key).size == manifest.size
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(
+    chaos: Stack, api: Client, reg: JobRegistry, s3: Minio
+) -> None:
+    job = api.submit(LONG)
+    wait_for(lambda: int(reg.field(job.id, "checkpoint_step") or 0) >= 500, 120, "two checkpoints")
+    worker_of(chaos, api.get(job.id)).signal(signal.SIGKILL)
+    keys = JobKeys(job.id)
+    manifest = CheckpointManifest.model_validate_json(
+        s3.get_object(chaos.config.bucket, keys.manifest).read()
+    )
+    garbage = b"not a checkpoint"
+    import io
+
+    s3.put_object(chaos.config.bucket, manifest.key, io.BytesIO(garbage), len(garbage))
+    done = api.wait(job.id, timeout=180)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert starts(api, job.id)[1].info["resumed_from"] == manifest.history[0].step
+
+
+def test_injected_oom_halves_the_micro_batch_and_keeps_the_batch(
+    chaos: Stack, api: Client, reg: JobRegistry
+) -> None:
+    spec = {
+        "task": "classifier",
+        "batch_size": 64,
+        "max_steps": 30,
+        "checkpoint_every": 5,
+        "log_every": 1,
+    }
+    job = api.submit(spec)
+    reg.redis.hset(reg.keys.faults(job.id), mapping={"oom_at_step": 7, "attempts": "1"})
+    done = api.wait(job.id, timeout=120)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.micro_batch_size == 32 and done.spec.batch_size == 64 and done.attempts == 2
+    reasons = [s.get("reason", "") for s in statuses(api, job.id)]
+    assert any("out of memory: micro-batch 32, 2x accumulation" in r for r in reasons)
+    second = starts(api, job.id)[1].info
+    assert second["micro_batch"] == 32 and second["resumed_from"] == 5
+
+
+def test_a_job_that_always_crashes_fails_after_the_budget(
+    chaos: Stack, api: Client, reg: JobRegistry
+) -> None:
+    job = api.submit({"task": "classifier", "max_steps": 50, "log_every": 1})
+    reg.redis.hset(reg.keys.faults(job.id), mapping={"exit_at_step": 3})
+    done = api.wait(job.id, timeout=180)
+    assert done.status is JobStatus.FAILED
+    assert done.attempts == 3 and done.error and "gave up after 3 attempts" in done.error
+
+
+def test_queued_job_whose_message_vanished_is_resent(
+    chaos: Stack, api: Client, reg: JobRegistry
+) -> None:
+    # Stop consuming, lose the message, and let the reconciler notice.
+    redis: Redis = reg.redis
+    for worker in chaos.workers:
+        worker.signal(signal.SIGTERM, group=False)
+    for worker in chaos.workers:
+        assert worker.wait_exit(GRACE_S)
+    job = api.submit({"task": "classifier", "max_steps": 5})
+    redis.delete("trainyard")  # the queue list: the message is gone
+    for worker in chaos.workers:
+        worker.start()
+    done = api.wait(job.id, timeout=120)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert any("message was lost" in s.get("reason", "") for s in statuses(api, job.id))
