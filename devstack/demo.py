@@ -22,7 +22,7 @@ def main() -> int:
         console.print("[red]no local stack: run `make up` first[/red]")
         return 1
     started = time.perf_counter()
-    with Client(config.api_url) as client:
+    with Client(config.api_url, config.api_token) as client:
         spec = ClassifierSpec(name="demo: book CNN on mnist-5k")
         job = client.submit(spec)
         console.print(f"submitted job [bold]{job.id}[/bold] over REST: POST {client.url}/v1/jobs")

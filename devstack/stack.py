@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
+from shared.auth import new_token
 from shared.config import Settings
 from shared.storage import S3ArtifactStore
 
@@ -181,6 +182,7 @@ class StackConfig:
     api_port: int
     access_key: str
     secret_key: str
+    api_token: str  # the local user "dev"; clients read it from stack.env
     bucket: str = "trainyard"
     workers: int = 1
     overrides: dict[str, str] = field(default_factory=dict)  # extra TRAINYARD_* settings
@@ -202,6 +204,7 @@ class StackConfig:
             api_port=free_port(8000 if preferred else None),
             access_key="ty" + secrets.token_hex(8),
             secret_key=secrets.token_urlsafe(24),
+            api_token=new_token(),
             workers=workers,
             overrides=overrides or {},
         )
@@ -234,7 +237,12 @@ class StackConfig:
             "TRAINYARD_API_PORT": str(self.api_port),
             "TRAINYARD_API_URL": self.api_url,
             "TRAINYARD_DATA_DIR": str(self.root / "data"),
+            "TRAINYARD_API_TOKEN": self.api_token,
             **self.overrides,
+            # the server's token table: "dev", plus any users the overrides add
+            "TRAINYARD_API_TOKENS": ",".join(
+                t for t in (f"dev:{self.api_token}", self.overrides.get("TRAINYARD_API_TOKENS"))
+                if t),
         }
 
     def settings(self) -> Settings:

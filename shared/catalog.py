@@ -1,4 +1,5 @@
-"""The data set catalog: uploaded data sets in the object store, indexed in Redis."""
+"""The data set catalog: uploaded data sets in the object store, indexed in Redis, each
+visible to its owner (and admins)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime
 
 from redis import Redis
 
+from shared.auth import Principal
 from shared.datasets import ParsedDataset, to_npz_bytes
 from shared.jobs import RedisKeys
 from shared.schemas import DatasetPublic
@@ -30,7 +32,7 @@ class DatasetCatalog:
         self.redis, self.store = redis, store
         self.key = RedisKeys(prefix).datasets()
 
-    def add(self, parsed: ParsedDataset, name: str | None = None) -> DatasetPublic:
+    def add(self, parsed: ParsedDataset, owner: str, name: str | None = None) -> DatasetPublic:
         """Store a validated upload and return its record."""
         dataset_id = "ds-" + uuid.uuid4().hex[:16]
         keys = DatasetKeys(dataset_id)
@@ -38,6 +40,7 @@ class DatasetCatalog:
         n, h, w, c = parsed.x.shape
         meta = DatasetPublic(
             id=dataset_id,
+            owner=owner,
             name=name,
             format=parsed.format,
             image=(c, h, w),
@@ -52,22 +55,27 @@ class DatasetCatalog:
         self.redis.hset(self.key, dataset_id, meta.model_dump_json())
         return meta
 
-    def get(self, dataset_id: str) -> DatasetPublic:
+    def get(self, dataset_id: str, principal: Principal) -> DatasetPublic:
+        """The data set, if `principal` may see it; DatasetNotFound otherwise."""
         raw = self.redis.hget(self.key, dataset_id)
         if raw is None:
             raise DatasetNotFound(dataset_id)
-        return DatasetPublic.model_validate_json(raw)
+        found = DatasetPublic.model_validate_json(raw)
+        if not principal.can_see(found.owner):
+            raise DatasetNotFound(dataset_id)
+        return found
 
-    def list_all(self) -> list[DatasetPublic]:
-        """Uploaded data sets, newest first."""
+    def list_for(self, principal: Principal) -> list[DatasetPublic]:
+        """Uploaded data sets the principal may see, newest first."""
         found = [DatasetPublic.model_validate_json(v) for v in self.redis.hvals(self.key)]
-        return sorted(found, key=lambda d: d.created_at, reverse=True)
+        mine = [d for d in found if principal.can_see(d.owner)]
+        return sorted(mine, key=lambda d: d.created_at, reverse=True)
 
-    def info(self, name: str) -> DatasetInfo:
-        """What a job spec's `dataset` names: a built-in set or an upload (DatasetNotFound)."""
+    def info(self, name: str, owner: str) -> DatasetInfo:
+        """What a job spec's `dataset` names: a built-in set or the owner's upload."""
         if name in BUILTIN_DATASETS:
             return BUILTIN_DATASETS[name]
-        meta = self.get(name)
+        meta = self.get(name, Principal(owner))
         n_train, n_test = upload_split(meta.num_images)
         return DatasetInfo(
             meta.id,

@@ -1,19 +1,25 @@
-"""The Python SDK: typed calls to the REST API, returning the shared pydantic models."""
+"""The Python SDK: typed calls to the REST API, returning the shared pydantic models.
+
+`Client()` finds the API and token in TRAINYARD_API_URL / TRAINYARD_API_TOKEN, or in
+.trainyard/stack.env (written by `make up`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 from pydantic import BaseModel
 
 from shared.config import get_settings
 from shared.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
+    DatasetPublic,
+    DatasetsPublic,
     JobEvent,
     JobEventsPublic,
     JobPublic,
@@ -24,20 +30,31 @@ from shared.schemas import (
 
 
 class ApiError(Exception):
-    """The API answered with an error status."""
+    """The API answered with an error: `code`, `message` and maybe the `field` at fault."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
+    def __init__(
+        self, status_code: int, code: str, message: str, field: str | None = None, body: Any = None
+    ) -> None:
+        where = f" ({field})" if field else ""
+        super().__init__(f"HTTP {status_code} {code}{where}: {message}")
+        self.status_code, self.code, self.message, self.field, self.body = (
+            status_code,
+            code,
+            message,
+            field,
+            body,
+        )
 
 
 class Client:
-    """`Client()` talks to the API named by TRAINYARD_API_URL (or .trainyard/stack.env)."""
-
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
-        self.url = (url or get_settings().API_URL).rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        settings = get_settings()
+        self.url = (url or settings.API_URL).rstrip("/")
+        token = token if token is not None else settings.API_TOKEN
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self.http.close()
@@ -50,26 +67,47 @@ class Client:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
+        _raise_for(response)
         return response.json()
 
-    def submit(self, spec: JobSpec | dict[str, Any]) -> JobPublic:
-        """Queue a job; `spec` is a JobSpec or its JSON form."""
+    # --- jobs
+
+    def submit(
+        self, spec: JobSpec | dict[str, Any], idempotency_key: str | None = None
+    ) -> JobPublic:
+        """Queue a job; `spec` is a JobSpec or its JSON form. With `idempotency_key`, retries
+        of the same submission return the same job."""
         body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else spec
-        return JobPublic.model_validate(self._call("POST", "/v1/jobs", json=body))
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return JobPublic.model_validate(self._call("POST", "/v1/jobs", json=body, headers=headers))
 
     def get(self, job_id: str) -> JobPublic:
         return JobPublic.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self, offset: int = 0, limit: int = 50) -> JobsPublic:
-        return JobsPublic.model_validate(
-            self._call("GET", "/v1/jobs", params={"offset": offset, "limit": limit})
-        )
+    def list_jobs(
+        self,
+        limit: int = 50,
+        cursor: str | None = None,
+        status: str | None = None,
+        task: str | None = None,
+    ) -> JobsPublic:
+        """One page, newest first; pass the page's next_cursor for the next one."""
+        params = {
+            k: v
+            for k, v in {"limit": limit, "cursor": cursor, "status": status, "task": task}.items()
+            if v is not None
+        }
+        return JobsPublic.model_validate(self._call("GET", "/v1/jobs", params=params))
+
+    def iter_jobs(self, status: str | None = None, task: str | None = None) -> Iterator[JobPublic]:
+        """Every job, newest first, page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.list_jobs(200, cursor, status, task)
+            yield from page.data
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def cancel(self, job_id: str) -> JobPublic:
         return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
@@ -82,24 +120,21 @@ class Client:
             self._call("GET", f"/v1/jobs/{job_id}/metrics", params=params)
         ).data
 
-    def artifacts(self, job_id: str) -> list[ArtifactPublic]:
-        return ArtifactsPublic.model_validate(
-            self._call("GET", f"/v1/jobs/{job_id}/artifacts")
-        ).data
-
-    def download(self, job_id: str, dest: str | Path) -> list[Path]:
-        """Fetch every artifact of the job through its presigned URL into `dest`."""
-        saved = []
-        for artifact in self.artifacts(job_id):
-            path = Path(dest) / artifact.key.removeprefix(f"jobs/{job_id}/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with httpx.stream("GET", artifact.url, timeout=60) as response:
-                response.raise_for_status()
-                with path.open("wb") as f:
-                    for chunk in response.iter_bytes():
-                        f.write(chunk)
-            saved.append(path)
-        return saved
+    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """Live events over SSE until the job ends; resumes after `last_event_id`."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with connect_sse(
+            self.http,
+            "GET",
+            f"/v1/jobs/{job_id}/events",
+            headers=headers,
+            timeout=httpx.Timeout(30.0, read=None),
+        ) as source:
+            _raise_for(source.response)
+            for sse in source.iter_sse():
+                event = JobEvent.model_validate_json(sse.data)
+                event.id = sse.id or event.id
+                yield event
 
     def wait(
         self,
@@ -120,6 +155,68 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout:.0f}s")
             time.sleep(poll)
 
+    # --- artifacts
+
+    def artifacts(self, job_id: str) -> list[ArtifactPublic]:
+        return ArtifactsPublic.model_validate(
+            self._call("GET", f"/v1/jobs/{job_id}/artifacts")
+        ).data
+
+    def download(self, job_id: str, dest: str | Path, through_api: bool = False) -> list[Path]:
+        """Fetch every artifact into `dest`: from object storage by presigned URL, or streamed
+        through the API (`through_api`) when storage is not reachable from here."""
+        saved = []
+        for artifact in self.artifacts(job_id):
+            path = Path(dest) / artifact.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if through_api:
+                stream = self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{artifact.path}")
+            else:
+                stream = httpx.stream("GET", artifact.url, timeout=60)
+            with stream as response:
+                _raise_for(response)
+                with path.open("wb") as f:
+                    for chunk in response.iter_bytes():
+                        f.write(chunk)
+            saved.append(path)
+        return saved
+
+    # --- data sets
+
+    def upload_dataset(self, *files: str | Path, name: str | None = None) -> DatasetPublic:
+        """Upload IDX files, one .npz, or one .zip of class folders."""
+        parts = [
+            ("files", (Path(f).name, Path(f).read_bytes(), "application/octet-stream"))
+            for f in files
+        ]
+        data = {"name": name} if name else {}
+        return DatasetPublic.model_validate(
+            self._call("POST", "/v1/datasets", files=parts, data=data, timeout=600)
+        )
+
+    def datasets(self) -> list[DatasetPublic]:
+        return DatasetsPublic.model_validate(self._call("GET", "/v1/datasets")).data
+
+    # --- health
+
     def ready(self) -> Readiness:
-        response = self.http.get("/readyz")
-        return Readiness.model_validate(response.json())
+        return Readiness.model_validate(self.http.get("/readyz").json())
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    response.read()
+    try:
+        body = response.json()
+        error = body.get("error", {})
+        raise ApiError(
+            response.status_code,
+            error.get("code", "error"),
+            error.get("message", response.text),
+            error.get("field"),
+            body,
+        )
+    except ValueError:
+        raise ApiError(response.status_code, "error", response.text) from None
+

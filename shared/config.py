@@ -40,13 +40,22 @@ class Settings(BaseSettings):
     S3_BUCKET: str = Field("trainyard", min_length=3)
     S3_SECURE: bool = False
     S3_REGION: str = "us-east-1"
-    PRESIGN_EXPIRY_S: int = Field(900, ge=1, le=7 * 24 * 3600)
+    PRESIGN_EXPIRY_S: int = Field(900, ge=1, le=900, description="Presigned URL lifetime")
 
     # API process.
     API_HOST: str = "127.0.0.1"
     API_PORT: int = 8000
     API_URL: str = "http://127.0.0.1:8000"
     PAGE_SIZE_MAX: int = 200
+    # Bearer tokens: "owner:token[:admin]" entries, comma-separated, and/or a file of
+    # "owner:sha256hex[:admin]" lines. The SDK and CLI send API_TOKEN.
+    API_TOKENS: str = ""
+    API_TOKENS_FILE: str | None = None
+    API_TOKEN: str | None = None
+    JSON_BODY_MAX_BYTES: int = Field(64 * 1024, ge=1024)
+    MAX_QUEUED_PER_OWNER: int = Field(100, ge=1)
+    IDEMPOTENCY_TTL_S: int = Field(24 * 3600, ge=60)
+    SSE_PING_S: float = Field(15.0, gt=0)
     UPLOAD_MAX_BYTES: int = Field(512 * 2**20, ge=1, description="Largest data set upload")
 
     # Celery.

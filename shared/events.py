@@ -74,7 +74,7 @@ class EventStream:
         start = f"({after}" if after else "-"
         key = self.keys.events(job_id)
         entries: Any = self.redis.xrange(key, min=start, max="+", count=count)
-        return [_decode(entry_id, fields) for entry_id, fields in entries]
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     def tail(
         self, job_id: str, after: str = "0-0", block_ms: int = 1000
@@ -89,12 +89,12 @@ class EventStream:
                 yield None
                 continue
             for entry_id, fields in reply[0][1]:
-                event = _decode(entry_id, fields)
+                event = decode_entry(entry_id, fields)
                 last = event.id or last
                 yield event
 
 
-def _decode(entry_id: bytes | str, fields: dict[bytes | str, bytes | str]) -> JobEvent:
+def decode_entry(entry_id: bytes | str, fields: dict[bytes | str, bytes | str]) -> JobEvent:
     raw = fields.get(_FIELD) or fields.get(_FIELD.encode())
     event = JobEvent.model_validate_json(raw or b"{}")
     event.id = _text(entry_id)

@@ -8,6 +8,7 @@ at the same time as the owner nor overwrite newer state."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from redis import Redis
 
+from shared.auth import Principal
 from shared.schemas import JobPublic, JobSpec, JobSpecAdapter
 from shared.status import TERMINAL, IllegalTransition, JobStatus, sources_of
 
@@ -27,6 +29,15 @@ class JobNotFound(KeyError):
 
     def __str__(self) -> str:
         return f"no job {self.job_id!r}"
+
+
+class QueueFull(RuntimeError):
+    def __init__(self, owner: str, queued: int, cap: int) -> None:
+        super().__init__(
+            f"{owner} already has {queued} queued jobs (the limit is {cap}); "
+            "wait for some to start or cancel them"
+        )
+        self.owner, self.queued, self.cap = owner, queued, cap
 
 
 class LeaseLost(RuntimeError):
@@ -53,6 +64,12 @@ class RedisKeys:
         """Queued and running jobs: what the reconciler looks at."""
         return f"{self.prefix}:jobs:active"
 
+    def owner_jobs(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:jobs"
+
+    def owner_active(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:active"
+
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:events"
 
@@ -70,6 +87,18 @@ class RedisKeys:
 
     def faults(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:faults"
+
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker_busy(self, worker: str) -> str:
+        return f"{self.prefix}:worker:{worker}:busy"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        return f"{self.prefix}:idem:{owner}:{key}"
+
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
 
     def worker_control(self, worker: str) -> str:
         return f"{self.prefix}:worker:{worker}:control"
@@ -103,8 +132,9 @@ class Acquired:
 
 # Move a job to a target status if its current status is an allowed source, optionally only
 # while the caller holds the lease (fencing), and set fields, in one atomic step.
-# KEYS: job, lease, active set. ARGV: target, token ('' = unfenced), release ('1'/'0'),
-# terminal ('1'/'0'), n_sources, sources..., field, value, ...
+# KEYS: job, lease, active set, owner key prefix, stats.
+# ARGV: target, token ('' = unfenced), release ('1'/'0'), terminal ('1'/'0'), n_sources,
+# sources..., field, value, ...
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'missing', ''} end
@@ -116,7 +146,12 @@ for i = 6, 5 + n do
     for j = 6 + n, #ARGV do fields[#fields + 1] = ARGV[j] end
     redis.call('HSET', KEYS[1], unpack(fields))
     if ARGV[3] == '1' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-    if ARGV[4] == '1' then redis.call('SREM', KEYS[3], KEYS[1]) end
+    if ARGV[4] == '1' then
+      redis.call('SREM', KEYS[3], KEYS[1])
+      local owner = redis.call('HGET', KEYS[1], 'owner')
+      if owner then redis.call('SREM', KEYS[4] .. owner .. ':active', KEYS[1]) end
+      redis.call('HINCRBY', KEYS[5], 'finished:' .. ARGV[1], 1)
+    end
     return {'ok', cur}
   end
 end
@@ -177,7 +212,30 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'event', 'reclaimed', 'tim
 return 1
 """
 
-_JSON_FIELDS = ("spec", "result")
+# Create a queued job unless its owner already has ARGV[3] (> 0) queued jobs.
+# KEYS: job, all jobs by time, owner's jobs by time, active, owner's active, stats.
+# ARGV: job id, score, cap, field, value, ...
+_CREATE = """
+local cap = tonumber(ARGV[3])
+local queued = 0
+if cap > 0 then
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    if redis.call('HGET', key, 'status') == 'queued' then queued = queued + 1 end
+  end
+  if queued >= cap then return {'full', queued} end
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], KEYS[1])
+redis.call('SADD', KEYS[5], KEYS[1])
+redis.call('HINCRBY', KEYS[6], 'submitted', 1)
+return {'ok', queued}
+"""
+
+_JSON_FIELDS = ("spec", "result", "pending")
 
 
 def _encode(value: Any) -> str:
@@ -203,6 +261,7 @@ class JobRegistry:
     def __init__(self, redis: Redis, prefix: str = "trainyard") -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
+        self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -211,14 +270,23 @@ class JobRegistry:
 
     # --- records
 
-    def create(self, spec: JobSpec) -> JobPublic:
-        """Store a new queued job and return its record."""
+    def create(
+        self, spec: JobSpec, owner: str, job_id: str | None = None, max_queued: int | None = None
+    ) -> JobPublic:
+        """Store a new queued job for `owner` and return its record; QueueFull when the owner
+        already has `max_queued` queued jobs (checked and created atomically)."""
         now = utcnow()
         job = JobPublic(
-            id=uuid.uuid4().hex[:16], status=JobStatus.QUEUED, spec=spec, created_at=now
+            id=job_id or new_job_id(),
+            owner=owner,
+            status=JobStatus.QUEUED,
+            spec=spec,
+            created_at=now,
+            enqueued_at=now,
         )
         fields = {
             "id": job.id,
+            "owner": owner,
             "status": job.status.value,
             "spec": spec.model_dump(mode="json"),
             "created_at": now,
@@ -229,11 +297,20 @@ class JobRegistry:
             "epoch": 0,
             "cancel_requested": False,
         }
-        pipe = self.redis.pipeline()
-        pipe.hset(self.keys.job(job.id), mapping={k: _encode(v) for k, v in fields.items()})
-        pipe.zadd(self.keys.jobs_by_time(), {job.id: now.timestamp()})
-        pipe.sadd(self.keys.active(), self.keys.job(job.id))
-        pipe.execute()
+        k = self.keys
+        outcome, queued = self._create(
+            keys=[
+                k.job(job.id),
+                k.jobs_by_time(),
+                k.owner_jobs(owner),
+                k.active(),
+                k.owner_active(owner),
+                k.stats(),
+            ],
+            args=[job.id, _score(now), max_queued or 0, *_flatten(fields)],
+        )
+        if _text(outcome) == "full":
+            raise QueueFull(owner, int(queued), max_queued or 0)
         return job
 
     def get(self, job_id: str) -> JobPublic:
@@ -243,18 +320,56 @@ class JobRegistry:
             raise JobNotFound(job_id)
         return self._decode(raw)
 
+    def get_for(self, job_id: str, principal: Principal) -> JobPublic:
+        """The job, if `principal` may see it; JobNotFound otherwise (ids do not leak)."""
+        job = self.get(job_id)
+        if not principal.can_see(job.owner):
+            raise JobNotFound(job_id)
+        return job
+
     def field(self, job_id: str, name: str) -> str | None:
         value = self.redis.hget(self.keys.job(job_id), name)
         return None if value is None else _text(value)
 
-    def page(self, offset: int = 0, limit: int = 50) -> tuple[list[JobPublic], int]:
-        """A page of jobs, newest first, and the total count."""
-        ids = self.redis.zrevrange(self.keys.jobs_by_time(), offset, offset + limit - 1)
-        pipe = self.redis.pipeline()
-        for job_id in ids:
-            pipe.hgetall(self.keys.job(_text(job_id)))
-        records = [self._decode(raw) for raw in pipe.execute() if raw]
-        return records, int(self.redis.zcard(self.keys.jobs_by_time()))
+    def page(
+        self,
+        principal: Principal,
+        cursor: str | None = None,
+        limit: int = 50,
+        status: JobStatus | None = None,
+        task: str | None = None,
+    ) -> tuple[list[JobPublic], str | None]:
+        """Newest-first jobs the principal may see (admins: everyone's), filtered, after
+        `cursor`; returns the page and the cursor of the next one (None at the end)."""
+        index = (
+            self.keys.jobs_by_time() if principal.admin else self.keys.owner_jobs(principal.owner)
+        )
+        top: Any
+        top, after_id = _read_cursor(cursor)
+        found: list[JobPublic] = []
+        chunk = max(limit * 2, 50)
+        while len(found) < limit:
+            entries: Any = self.redis.zrevrangebyscore(
+                index, top, "-inf", start=0, num=chunk, withscores=True
+            )
+            fresh = [(_text(m), s) for m, s in entries if not _seen(_text(m), s, top, after_id)]
+            if not fresh:
+                return found, None
+            pipe = self.redis.pipeline()
+            for job_id, _ in fresh:
+                pipe.hgetall(self.keys.job(job_id))
+            for (job_id, score), raw in zip(fresh, pipe.execute(), strict=True):
+                top, after_id = score, job_id
+                if not raw:
+                    continue
+                job = self._decode(raw)
+                if (status is None or job.status is status) and (
+                    task is None or job.spec.task == task
+                ):
+                    found.append(job)
+                    if len(found) == limit:
+                        return found, _make_cursor(score, job_id)
+        return found, None
 
     def active_ids(self) -> list[str]:
         """Ids of queued and running jobs."""
@@ -280,7 +395,13 @@ class JobRegistry:
             fields.setdefault("finished_at", utcnow())
         token = lease.token if lease else ""
         outcome, current = self._transition(
-            keys=[self.keys.job(job_id), self.keys.lease(job_id), self.keys.active()],
+            keys=[
+                self.keys.job(job_id),
+                self.keys.lease(job_id),
+                self.keys.active(),
+                f"{self.keys.prefix}:owner:",
+                self.keys.stats(),
+            ],
             args=[
                 target.value,
                 token,
@@ -399,3 +520,37 @@ class JobRegistry:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _score(when: datetime) -> int:
+    return int(when.timestamp() * 1_000_000)  # microseconds: exact in a double, sorts by time
+
+
+def _make_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{int(score)}:{job_id}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str | None) -> tuple[float | str, str | None]:
+    """(highest score to read, id already returned at that score); a bad cursor is a 422."""
+    if not cursor:
+        return "+inf", None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split(":", 1)
+        return int(score), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor(cursor) from exc
+
+
+def _seen(job_id: str, score: float, top: Any, after_id: str | None) -> bool:
+    # Members sharing the cursor's score come in descending id order: skip up to the cursor.
+    return after_id is not None and score == top and job_id >= after_id
+
+
+class InvalidCursor(ValueError):
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"cursor {cursor!r} is not one this API returned")

@@ -31,6 +31,10 @@ def make_celery(settings: Settings) -> Celery:
         # longest job so a healthy long job is never handed to a second worker.
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # SIGTERM is a warm shutdown: running jobs are told to checkpoint and requeue (see
+        # workers/trainer/celery_app.py). If a deployment remaps SIGTERM to a cold shutdown
+        # (REMAP_SIGTERM=SIGQUIT), Celery's soft shutdown still gives them the same window.
+        worker_soft_shutdown_timeout=settings.SHUTDOWN_GRACE_S,
         worker_hijack_root_logger=False,
     )
     return app
@@ -70,6 +74,16 @@ def _job_id_of(raw: bytes | str) -> str | None:
         return str(args[0])
     except (ValueError, KeyError, IndexError, TypeError):
         return None
+
+
+def queue_position(redis: Redis, queue: str, job_id: str) -> int | None:
+    """1 for the next job a worker takes; None when the job's message is not waiting."""
+    # Kombu LPUSHes and workers BRPOP: the oldest message is at the right end.
+    waiting = list(redis.lrange(queue, 0, -1))
+    for position, raw in enumerate(reversed(waiting), start=1):
+        if _job_id_of(raw) == job_id:
+            return position
+    return None
 
 
 def broker_job_ids(redis: Redis, queue: str) -> set[str]:

@@ -158,6 +158,7 @@ class JobPublic(BaseModel):
     """A job as the API returns it."""
 
     id: str
+    owner: str | None = None
     status: JobStatus
     spec: JobSpec
     created_at: datetime
@@ -176,16 +177,37 @@ class JobPublic(BaseModel):
     total_steps: int | None = None
     cancel_requested: bool = False
     worker: str | None = None
+    pending: PendingInfo | None = Field(None, description="Queued jobs only: why it waits")
     error: str | None = None
     result: dict[str, Any] | None = None
 
 
+class PendingInfo(BaseModel):
+    """Why a queued job is waiting."""
+
+    queue_position: int | None = Field(None, description="1 = next to be taken by a worker")
+    workers_online: int
+    workers_busy: int
+    eta_s: float | None = Field(
+        None,
+        description="Estimated seconds until it starts, from "
+        "recent jobs' durations; absent when it cannot be estimated",
+    )
+    reason: str
+
+
+class WorkerPublic(BaseModel):
+    name: str
+    seen: float
+    busy_with: str | None = None
+
+
 class JobsPublic(BaseModel):
-    """A page of jobs, newest first."""
+    """A page of jobs, newest first; pass next_cursor as `cursor` for the next page."""
 
     data: list[JobPublic]
     count: int
-    total: int
+    next_cursor: str | None = None
 
 
 # --- Events on a job's Redis Stream.
@@ -219,6 +241,7 @@ class ArtifactPublic(BaseModel):
     """One object under the job's prefix, with a presigned GET URL."""
 
     key: str
+    path: str = Field(description="Relative to the job: GET /v1/jobs/{id}/artifacts/{path}")
     size: int
     url: str
 
@@ -275,6 +298,7 @@ class DatasetPublic(BaseModel):
     """An uploaded data set, stored canonically as datasets/{id}/data.npz."""
 
     id: str
+    owner: str | None = None
     name: str | None = None
     format: str = Field(description="what was uploaded: idx, npz or zip")
     image: tuple[int, int, int] = Field(description="(channels, height, width)")
@@ -298,8 +322,17 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
-class Message(BaseModel):
-    detail: str
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable: not_found, validation_error, ...")
+    message: str = Field(description="One line for people")
+    field: str | None = Field(None, description="The request field at fault, when there is one")
+    details: list[dict[str, Any]] | None = Field(None, description="Every problem, for 422s")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every 4xx and 5xx answer."""
+
+    error: ErrorBody
 
 
 # --- Checkpoint manifest (latest.json): the commit point of a checkpoint.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import mimetypes
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import certifi
 import urllib3
@@ -22,6 +23,7 @@ from shared.config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix`, sorted by key."""
+
+    @abstractmethod
+    def open(self, key: str) -> tuple[Iterator[bytes], int, str]:
+        """(chunks, size, content type) to stream the object; ArtifactNotFound if absent."""
 
     @abstractmethod
     def url(self, key: str, expires: timedelta) -> str:
@@ -252,6 +258,27 @@ class S3ArtifactStore(ArtifactStore):
 
         return sorted(self._retrying(f"LIST {prefix}", listing), key=lambda o: o.key)
 
+    def open(self, key: str) -> tuple[Iterator[bytes], int, str]:
+        def start() -> Any:
+            try:
+                return self.client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    raise ArtifactNotFound(key) from exc
+                raise
+
+        response = self._retrying(f"GET {key}", start)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from response.stream(CHUNK)
+            finally:
+                response.close()
+                response.release_conn()
+
+        size = int(response.headers.get("Content-Length", 0))
+        return chunks(), size, response.headers.get("Content-Type", "application/octet-stream")
+
     def url(self, key: str, expires: timedelta) -> str:
         return self.presign_client.presigned_get_object(self.bucket, key, expires=expires)
 
@@ -295,6 +322,19 @@ class LocalArtifactStore(ArtifactStore):
             if p.is_file() and not p.name.endswith(".tmp")
         ]
         return sorted((o for o in found if o.key.startswith(prefix)), key=lambda o: o.key)
+
+    def open(self, key: str) -> tuple[Iterator[bytes], int, str]:
+        path = self._path(key)
+        if not path.is_file():
+            raise ArtifactNotFound(key)
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                while block := f.read(CHUNK):
+                    yield block
+
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return chunks(), path.stat().st_size, kind
 
     def url(self, key: str, expires: timedelta) -> str:
         return self._path(key).as_uri()

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis as AsyncRedis
 
+from services.api.errors import ApiProblem
+from shared.auth import Principal, TokenTable
 from shared.catalog import DatasetCatalog
 from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry
+from shared.logs import current_job
 from shared.storage import ArtifactStore
+from shared.workers import WorkerRegistry
+
+bearer = HTTPBearer(auto_error=False, description="An owner's API token")
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,9 +46,42 @@ def get_catalog(request: Request) -> DatasetCatalog:
     return request.app.state.catalog
 
 
+def get_workers(request: Request) -> WorkerRegistry:
+    return request.app.state.workers
+
+
+def get_async_redis(request: Request) -> AsyncRedis:
+    return request.app.state.aredis
+
+
+def get_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from `Authorization: Bearer <token>`; 401 without a valid one."""
+    tokens: TokenTable = request.app.state.tokens
+    principal = tokens.authenticate(credentials.credentials if credentials else None)
+    if principal is None:
+        raise ApiProblem(
+            401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    request.state.owner = principal.owner  # for the access log
+    return principal
+
+
+def job_context(job_id: Annotated[str, Path(max_length=64, description="A job id")]) -> str:
+    """The path's job id, also set as the log context: every log line names the job."""
+    current_job.set(job_id)
+    return job_id
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[JobRegistry, Depends(get_registry)]
 EventsDep = Annotated[EventStream, Depends(get_events)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 CatalogDep = Annotated[DatasetCatalog, Depends(get_catalog)]
+WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+JobIdDep = Annotated[str, Depends(job_context)]

@@ -5,60 +5,66 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from redis.asyncio import Redis as AsyncRedis
 
+from services.api import errors
+from services.api.limits import JsonBodyLimit
+from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.routes import datasets, health, jobs
-from shared.catalog import DatasetCatalog, DatasetNotFound
+from shared.auth import TokenTable
+from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_redis, get_settings
 from shared.events import EventStream
-from shared.jobs import JobNotFound, JobRegistry
+from shared.jobs import JobRegistry
+from shared.logs import setup_json_logging
 from shared.queue import make_celery
 from shared.reconciler import Reconciler
-from shared.status import IllegalTransition
 from shared.storage import S3ArtifactStore
+from shared.workers import WorkerRegistry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    tokens = TokenTable.from_settings(settings)  # fail at start on a malformed token entry
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_json_logging()
         redis = connect_redis(settings)
         app.state.settings = settings
+        app.state.tokens = tokens
         app.state.registry = JobRegistry(redis, settings.KEY_PREFIX)
         app.state.events = EventStream(redis, settings.KEY_PREFIX)
+        app.state.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
+        app.state.aredis = AsyncRedis.from_url(settings.REDIS_URL)  # for SSE's blocking reads
         app.state.store = S3ArtifactStore.from_settings(settings)
         app.state.catalog = DatasetCatalog(redis, app.state.store, settings.KEY_PREFIX)
         app.state.celery = make_celery(settings)
+        collector = JobsCollector(app.state.registry, app.state.workers, settings)
+        REGISTRY.register(collector)
         reconciler = Reconciler(app.state.registry, app.state.events, app.state.celery, settings)
         reconciler.start()
         yield
         reconciler.stop()
+        REGISTRY.unregister(collector)
+        await app.state.aredis.aclose()
         redis.close()
 
     app = FastAPI(
         title="trainyard",
         version="0.1.0",
         summary="Submit PyTorch training jobs; follow their metrics; fetch their artifacts.",
+        description="Every /v1 route needs `Authorization: Bearer <token>`. Errors have one "
+        'shape: `{"error": {"code", "message", "field"?}}`.',
         lifespan=lifespan,
     )
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
-
-    @app.exception_handler(JobNotFound)
-    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(DatasetNotFound)
-    async def dataset_not_found(_: Request, exc: DatasetNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(IllegalTransition)
-    async def conflict(_: Request, exc: IllegalTransition) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
+    errors.install(app)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.JSON_BODY_MAX_BYTES)
+    app.add_middleware(TimingMiddleware)
     return app
 
 

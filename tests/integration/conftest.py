@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from minio import Minio
 from redis import Redis
@@ -33,7 +34,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> Iterator[Client]:
-    with Client(stack.config.api_url) as c:
+    with Client(stack.config.api_url, stack.config.api_token) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    """Raw HTTP as the local user "dev", for what the SDK does not expose (bad input)."""
+    headers = {"Authorization": f"Bearer {stack.config.api_token}"}
+    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=60) as c:
         yield c
 
 

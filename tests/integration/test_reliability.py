@@ -64,7 +64,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def api(chaos: Stack) -> Iterator[Client]:
-    with Client(chaos.config.api_url) as c:
+    with Client(chaos.config.api_url, chaos.config.api_token) as c:
         yield c
 
 

@@ -7,17 +7,24 @@ from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
 from shared.config import connect_redis, get_settings
 from shared.jobs import RedisKeys
+from shared.logs import setup_json_logging
 from shared.queue import make_celery
+from shared.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
 app.conf.include = ["workers.trainer.tasks"]
 keys = RedisKeys(settings.KEY_PREFIX)
+
+
+@setup_logging.connect
+def _json_logs(**_: Any) -> None:
+    setup_json_logging()  # one JSON object per line, with the job id
 
 
 @worker_ready.connect
@@ -47,20 +54,29 @@ class HeartbeatFile(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.path = Path(settings.WORKER_HEARTBEAT_FILE)
         self.tref: Any = None
+        self.name = ""
+        self.registry: WorkerRegistry | None = None
 
     def start(self, worker: Any) -> None:
+        self.name = str(worker.hostname)
+        self.registry = WorkerRegistry(connect_redis(settings), settings.KEY_PREFIX)
         self.touch()
         self.tref = worker.timer.call_repeatedly(5.0, self.touch)
 
     def stop(self, worker: Any) -> None:
         if self.tref is not None:
             self.tref.cancel()
+        if self.registry is not None:
+            self.registry.forget(self.name)
 
     def touch(self) -> None:
+        """Also the worker's heartbeat in Redis: what "why is my job pending" counts."""
         try:
             self.path.touch()
-        except OSError:
-            log.exception("cannot touch heartbeat file %s", self.path)
+            if self.registry is not None:
+                self.registry.heartbeat(self.name)
+        except Exception:
+            log.exception("worker heartbeat failed (%s)", self.path)
 
 
 app.steps["worker"].add(HeartbeatFile)

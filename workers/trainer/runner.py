@@ -19,9 +19,11 @@ from redis import Redis
 from shared.config import Settings, connect_redis
 from shared.events import EventStream
 from shared.jobs import JobRegistry, Lease, LeaseLost, utcnow
+from shared.logs import current_job
 from shared.schemas import JobEvent, JobSpec
 from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
+from shared.workers import WorkerRegistry
 from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.loop import fit
 from workers.trainer.run import JobStopped, Run, StopReason
@@ -77,8 +79,12 @@ class JobControl:
 
     def __enter__(self) -> JobControl:
         self._pubsub.subscribe(*self.channels)
+        self._busy(self.run.job_id)
         self._thread.start()
         return self
+
+    def _busy(self, job_id: str | None) -> None:
+        self.runner.workers.set_busy(self.runner.worker, job_id, self.runner.settings.LEASE_TTL_S)
 
     def _loop(self) -> None:
         registry, lease, ttl = (
@@ -101,6 +107,7 @@ class JobControl:
                         self.run.request_stop("shutdown")
                 if now >= next_renew:
                     next_renew = now + ttl / 3
+                    self._busy(lease.job_id)
                     if not registry.renew(lease, ttl):
                         log.warning("job %s: lease %s lost", lease.job_id, lease.token)
                         self.run.request_stop("lease_lost")
@@ -112,6 +119,7 @@ class JobControl:
         self._done.set()
         self._thread.join(timeout=5)
         self._pubsub.close()
+        self._busy(None)
 
 
 class JobRunner:
@@ -122,11 +130,13 @@ class JobRunner:
         self.settings, self.worker, self.enqueue = settings, worker, enqueue
         self.registry = JobRegistry(redis, settings.KEY_PREFIX)
         self.events = EventStream(redis, settings.KEY_PREFIX)
+        self.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
         self.current: JobRun | None = None
 
     def run(self, job_id: str) -> JobStatus:
         """Train the job if this worker can take it; returns the job's status afterwards."""
+        current_job.set(job_id)  # every log line of this job carries its id
         s = self.settings
         got = self.registry.acquire(job_id, self.worker, s.LEASE_TTL_S, s.MAX_ATTEMPTS)
         if got.outcome == "exhausted":

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
 
-from services.api.deps import CatalogDep, SettingsDep
+from services.api.deps import CatalogDep, PrincipalDep, SettingsDep, get_principal
+from services.api.errors import ERROR_RESPONSES, ApiProblem
 from shared.datasets import DatasetError, Limits, parse_upload
-from shared.schemas import DatasetPublic, DatasetsPublic, Message
+from shared.schemas import DatasetPublic, DatasetsPublic
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/v1/datasets",
+    tags=["datasets"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(get_principal)],
+)
 CHUNK = 1 << 20
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    responses={400: {"model": Message}, 413: {"model": Message}, 422: {"model": Message}},
-)
+@router.post("", status_code=status.HTTP_201_CREATED)
 def upload_dataset(
     request: Request,
+    principal: PrincipalDep,
     catalog: CatalogDep,
     settings: SettingsDep,
     files: Annotated[
@@ -37,7 +40,7 @@ def upload_dataset(
     limit = settings.UPLOAD_MAX_BYTES
     declared = int(request.headers.get("content-length") or 0)
     if declared > limit + 64 * 1024:  # multipart framing aside, refuse before reading
-        raise HTTPException(413, f"upload of {declared} bytes is over the {limit}-byte limit")
+        raise ApiProblem(413, f"upload of {declared} bytes is over the {limit}-byte limit")
     received: dict[str, bytes] = {}
     total = 0
     for upload in files:
@@ -46,24 +49,24 @@ def upload_dataset(
             data += chunk
             total += len(chunk)
             if total > limit:
-                raise HTTPException(413, f"upload is over the {limit}-byte limit")
+                raise ApiProblem(413, f"upload is over the {limit}-byte limit")
         received[upload.filename or f"file{len(received)}"] = bytes(data)
     try:
         parsed = parse_upload(received, Limits(max_upload_bytes=limit))
     except DatasetError as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
-    return catalog.add(parsed, name)
+        raise ApiProblem(exc.status, str(exc)) from exc
+    return catalog.add(parsed, principal.owner, name)
 
 
 @router.get("")
-def list_datasets(catalog: CatalogDep) -> DatasetsPublic:
+def list_datasets(principal: PrincipalDep, catalog: CatalogDep) -> DatasetsPublic:
     """Uploaded data sets, newest first. Built-in ones (mnist-5k, mnist, fashion-mnist, fake)
     need no upload."""
-    found = catalog.list_all()
+    found = catalog.list_for(principal)
     return DatasetsPublic(data=found, count=len(found))
 
 
-@router.get("/{dataset_id}", responses={404: {"model": Message}})
-def get_dataset(dataset_id: str, catalog: CatalogDep) -> DatasetPublic:
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: str, principal: PrincipalDep, catalog: CatalogDep) -> DatasetPublic:
     """One uploaded data set."""
-    return catalog.get(dataset_id)
+    return catalog.get(dataset_id, principal)

@@ -1,128 +1,343 @@
-"""/v1/jobs: submit, list, read, cancel, metrics and artifacts of training jobs."""
+"""/v1/jobs: submit, list, read, cancel, follow and fetch the artifacts of training jobs."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
+import re
+import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from services.api.deps import CatalogDep, CeleryDep, EventsDep, RegistryDep, SettingsDep, StoreDep
+from services.api.deps import (
+    AsyncRedisDep,
+    CatalogDep,
+    CeleryDep,
+    EventsDep,
+    JobIdDep,
+    PrincipalDep,
+    RegistryDep,
+    SettingsDep,
+    StoreDep,
+    WorkersDep,
+    get_principal,
+)
+from services.api.errors import ERROR_RESPONSES, ApiProblem
+from services.api.metrics import JOBS_SUBMITTED
 from shared.catalog import DatasetCatalog, DatasetNotFound
+from shared.events import decode_entry
+from shared.jobs import InvalidCursor, JobRegistry, QueueFull, _text, new_job_id
 from shared.queue import enqueue_training
 from shared.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
     EventKind,
+    JobEvent,
     JobEventsPublic,
     JobPublic,
     JobSpec,
     JobsPublic,
-    Message,
 )
 from shared.status import JobStatus
-from shared.storage import JobKeys
+from shared.storage import ArtifactNotFound, JobKeys
+from shared.workers import pending_info
 from shared.zoo import MODELS, fit_problem
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": Message, "description": "No job with this id"}
-}
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(get_principal)],
+)
+
+STREAM_ID = r"^\d+-\d+$"
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={503: {"model": Message}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": JobPublic, "description": "Replay of an Idempotency-Key"}},
+)
 def submit_job(
     spec: Annotated[JobSpec, Body()],
-    catalog: CatalogDep,
+    response: Response,
+    principal: PrincipalDep,
     registry: RegistryDep,
+    catalog: CatalogDep,
     celery: CeleryDep,
+    events: EventsDep,
     settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="Retry-safe submission: the same key and body return the same job"),
+    ] = None,
 ) -> JobPublic:
-    """Queue a training job."""
-    _check_fits(spec, catalog)
-    job = registry.create(spec)
+    """Queue a training job (201); a replayed Idempotency-Key returns the same job (200)."""
+    _check_fits(spec, catalog, principal.owner)
+    job_id = new_job_id()
+    if idempotency_key is not None:
+        replay = _claim_key(registry, principal.owner, idempotency_key, spec, job_id, settings)
+        if replay is not None:
+            response.status_code = status.HTTP_200_OK
+            return replay
+    try:
+        job = registry.create(spec, principal.owner, job_id, settings.MAX_QUEUED_PER_OWNER)
+    except QueueFull as exc:
+        if idempotency_key is not None:
+            registry.redis.delete(registry.keys.idempotency(principal.owner, idempotency_key))
+        raise ApiProblem(429, str(exc), headers={"Retry-After": "30"}) from exc
+    JOBS_SUBMITTED.labels(task=spec.task).inc()
     try:
         enqueue_training(celery, job.id, settings.QUEUE)
     except Exception as exc:  # broker down: say so, and do not leave a job nobody will run
         log.exception("could not enqueue job %s", job.id)
         registry.transition(job.id, JobStatus.FAILED, error=f"could not enqueue: {exc}")
-        raise HTTPException(503, "the job queue is unavailable; try again") from exc
+        _status_event(events, job.id, JobStatus.FAILED, "the job queue was unavailable")
+        raise ApiProblem(503, "the job queue is unavailable; try again") from exc
     return job
 
 
-def _check_fits(spec: JobSpec, catalog: DatasetCatalog) -> None:
-    """422, in FastAPI's own error format, when the data set is unknown or the model cannot
-    take its images (e.g. book_conv_gan on 28x28 without resize)."""
-    try:
-        problem = fit_problem(
-            MODELS[spec.model], catalog.info(spec.dataset), spec.crop_hw(), spec.resize_hw()
+def _claim_key(
+    registry: JobRegistry, owner: str, key: str, spec: JobSpec, job_id: str, settings: SettingsDep
+) -> JobPublic | None:
+    """Record key -> (body digest, job id) unless already recorded. Returns the existing job
+    for a replay of the same body; 409 for another body under the same key."""
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ApiProblem(
+            400, "Idempotency-Key must be 1-200 printable ASCII characters", field="Idempotency-Key"
         )
+    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    redis_key = registry.keys.idempotency(owner, key)
+    mine = json.dumps({"digest": digest, "job_id": job_id})
+    if registry.redis.set(redis_key, mine, nx=True, ex=settings.IDEMPOTENCY_TTL_S):
+        return None
+    stored = json.loads(registry.redis.get(redis_key) or mine)
+    if stored["digest"] != digest:
+        raise ApiProblem(
+            409,
+            "this Idempotency-Key was used with a different job spec",
+            field="Idempotency-Key",
+            code="idempotency_conflict",
+        )
+    for _ in range(50):  # the first request may still be creating it
+        try:
+            return registry.get(stored["job_id"])
+        except KeyError:
+            time.sleep(0.05)
+    raise ApiProblem(
+        409,
+        "the first request with this Idempotency-Key did not complete; retry with a new key",
+        field="Idempotency-Key",
+        code="idempotency_conflict",
+    )
+
+
+def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> None:
+    """422 when the data set is unknown or the model cannot take its images (e.g.
+    book_conv_gan on 28x28 without resize)."""
+    try:
+        info = catalog.info(spec.dataset, owner)
+        problem = fit_problem(MODELS[spec.model], info, spec.crop_hw(), spec.resize_hw())
     except DatasetNotFound as exc:
         problem = ("dataset", f"{exc}: upload it first (POST /v1/datasets)")
     if problem is not None:
         field, why = problem
         raise RequestValidationError(
-            [
-                {
-                    "type": "model_data_mismatch",
-                    "loc": ("body", spec.task, field),
-                    "msg": why,
-                    "input": getattr(spec, field),
-                }
-            ]
+            [{"type": "model_data_mismatch", "msg": why, "loc": ("body", spec.task, field)}]
         )
 
 
 @router.get("")
 def list_jobs(
+    principal: PrincipalDep,
     registry: RegistryDep,
-    settings: SettingsDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    task: Annotated[str | None, Query(pattern="^(classifier|gan|cgan)$")] = None,
 ) -> JobsPublic:
-    """Jobs, newest first."""
-    jobs, total = registry.page(offset, limit)
-    return JobsPublic(data=jobs, count=len(jobs), total=total)
+    """Your jobs (an admin's: everyone's), newest first, optionally by status and task."""
+    try:
+        jobs, next_cursor = registry.page(principal, cursor, limit, status_, task)
+    except InvalidCursor as exc:
+        raise ApiProblem(400, str(exc), field="cursor") from exc
+    return JobsPublic(data=jobs, count=len(jobs), next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", responses=NOT_FOUND)
-def get_job(job_id: str, registry: RegistryDep) -> JobPublic:
-    """One job's record: status, progress, result."""
-    return registry.get(job_id)
+@router.get("/{job_id}")
+def get_job(
+    job_id: JobIdDep,
+    principal: PrincipalDep,
+    registry: RegistryDep,
+    workers: WorkersDep,
+    settings: SettingsDep,
+) -> JobPublic:
+    """One job: status, progress, result; a queued job says why it waits."""
+    job = registry.get_for(job_id, principal)
+    if job.status is JobStatus.QUEUED:
+        job.pending = pending_info(job, registry, workers, settings.QUEUE)
+    return job
 
 
-@router.post("/{job_id}/cancel", responses={**NOT_FOUND, 409: {"model": Message}})
-def cancel_job(job_id: str, registry: RegistryDep) -> JobPublic:
-    """Cancel a job: queued ones at once, running ones within a step."""
-    return registry.request_cancel(job_id)
+@router.post("/{job_id}/cancel")
+def cancel_job(
+    job_id: JobIdDep, principal: PrincipalDep, registry: RegistryDep, events: EventsDep
+) -> JobPublic:
+    """Cancel: a queued job at once, a running one at its next step (409 if finished)."""
+    registry.get_for(job_id, principal)
+    job = registry.request_cancel(job_id)
+    if job.status is JobStatus.CANCELLED:
+        _status_event(events, job_id, JobStatus.CANCELLED, "cancelled while queued")
+    return job
 
 
-@router.get("/{job_id}/metrics", responses=NOT_FOUND)
+@router.get("/{job_id}/metrics")
 def job_metrics(
-    job_id: str,
+    job_id: JobIdDep,
+    principal: PrincipalDep,
     registry: RegistryDep,
     events: EventsDep,
     kind: Annotated[EventKind | None, Query()] = None,
-    after: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+    after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
 ) -> JobEventsPublic:
     """The job's event history (metrics, checkpoints, samples, status), oldest first."""
-    registry.get(job_id)
+    registry.get_for(job_id, principal)
     found = [e for e in events.read(job_id, after=after) if kind is None or e.kind == kind]
     return JobEventsPublic(data=found, count=len(found))
 
 
-@router.get("/{job_id}/artifacts", responses=NOT_FOUND)
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: one per stream entry",
+        }
+    },
+)
+async def job_events(
+    job_id: JobIdDep,
+    request: Request,
+    principal: PrincipalDep,
+    aredis: AsyncRedisDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
+) -> EventSourceResponse:
+    """Live events as SSE, from the start or after `Last-Event-ID` (a stream id); closes
+    after the job's terminal status event."""
+    await asyncio.to_thread(registry.get_for, job_id, principal)
+    key = registry.keys.events(job_id)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        last = last_event_id or "0-0"
+        while not await request.is_disconnected():
+            reply: Any = await aredis.xread({key: last}, block=1000, count=200)
+            for entry_id, fields in reply[0][1] if reply else []:
+                event = decode_entry(entry_id, fields)
+                last = event.id or last
+                yield ServerSentEvent(data=event.model_dump_json(), id=last, event=event.kind)
+                if _is_terminal(event):
+                    return
+            if not reply and await _finished_and_drained(aredis, registry, job_id, key, last):
+                return
+
+    return EventSourceResponse(stream(), ping=settings.SSE_PING_S)
+
+
+def _is_terminal(event: JobEvent) -> bool:
+    return event.kind == "status" and event.info.get("status") in {
+        s.value for s in JobStatus if s.is_terminal()
+    }
+
+
+async def _finished_and_drained(
+    aredis: AsyncRedisDep, registry: JobRegistry, job_id: str, key: str, last: str
+) -> bool:
+    # A job that ended without a status event in the stream (none is lost today, but the
+    # stream is capped): stop once it is terminal and nothing is left to send.
+    state = await aredis.hget(registry.keys.job(job_id), "status")
+    if state is None or not JobStatus(_text(state)).is_terminal():
+        return False
+    newer = await aredis.xrange(key, min=f"({last}", max="+", count=1)
+    return not newer
+
+
+@router.get("/{job_id}/artifacts")
 def job_artifacts(
-    job_id: str, registry: RegistryDep, store: StoreDep, settings: SettingsDep
+    job_id: JobIdDep,
+    principal: PrincipalDep,
+    registry: RegistryDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> ArtifactsPublic:
-    """The job's objects in storage, each with a presigned GET URL."""
-    registry.get(job_id)
+    """The job's objects in storage, each with a presigned GET URL (valid PRESIGN_EXPIRY_S)."""
+    registry.get_for(job_id, principal)
     expires = timedelta(seconds=settings.PRESIGN_EXPIRY_S)
+    prefix = JobKeys(job_id).prefix
     found = [
-        ArtifactPublic(key=o.key, size=o.size, url=store.url(o.key, expires))
-        for o in store.list_prefix(JobKeys(job_id).prefix)
+        ArtifactPublic(
+            key=o.key, path=o.key.removeprefix(prefix), size=o.size, url=store.url(o.key, expires)
+        )
+        for o in store.list_prefix(prefix)
     ]
     return ArtifactsPublic(data=found, count=len(found))
+
+
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+@router.get(
+    "/{job_id}/artifacts/{path:path}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The object's bytes"}
+    },
+)
+def download_artifact(
+    job_id: JobIdDep, path: str, principal: PrincipalDep, registry: RegistryDep, store: StoreDep
+) -> StreamingResponse:
+    """One artifact streamed through the API, for clients that cannot reach object storage.
+    `path` is relative to the job (e.g. final/model.pt)."""
+    if (
+        len(path) > 512
+        or not SAFE_PATH.match(path)
+        or any(part in (".", "..") for part in path.split("/"))
+    ):
+        raise ApiProblem(
+            400, "artifact path must be relative to the job, without '..'", field="path"
+        )
+    registry.get_for(job_id, principal)
+    try:
+        chunks, size, content_type = store.open(JobKeys(job_id).prefix + path)
+    except ArtifactNotFound as exc:
+        raise ApiProblem(404, f"job {job_id} has no artifact {path!r}") from exc
+    filename = path.rsplit("/", 1)[-1]
+    return StreamingResponse(
+        chunks,
+        media_type=content_type,
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
+    )
+
+
+def _status_event(events: EventsDep, job_id: str, state: JobStatus, reason: str) -> None:
+    events.publish(
+        job_id,
+        [JobEvent(kind="status", time=time.time(), info={"status": state.value, "reason": reason})],
+    )

@@ -1,0 +1,93 @@
+"""Prometheus metrics: request latency here; job and queue figures read from Redis at scrape
+time, so every API replica reports the same cluster-wide numbers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.config import Settings
+from shared.jobs import JobRegistry, _text
+from shared.workers import WorkerRegistry
+
+REGISTRY = CollectorRegistry()
+REQUEST_SECONDS = Histogram(
+    "trainyard_http_request_duration_seconds",
+    "API request latency",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOBS_SUBMITTED = Counter(
+    "trainyard_api_jobs_submitted", "Jobs accepted by this API process", ["task"], registry=REGISTRY
+)
+
+
+class JobsCollector(Collector):
+    def __init__(self, registry: JobRegistry, workers: WorkerRegistry, settings: Settings) -> None:
+        self.registry, self.workers, self.settings = registry, workers, settings
+
+    def collect(self) -> Iterator[Metric]:
+        redis = self.registry.redis
+        stats = {_text(k): int(v) for k, v in redis.hgetall(self.registry.keys.stats()).items()}
+        submitted = CounterMetricFamily("trainyard_jobs_submitted", "Jobs submitted, all replicas")
+        submitted.add_metric([], stats.get("submitted", 0))
+        yield submitted
+        finished = CounterMetricFamily(
+            "trainyard_jobs_finished", "Jobs that ended, by status", labels=["status"]
+        )
+        for state in ("succeeded", "failed", "cancelled"):
+            finished.add_metric([state], stats.get(f"finished:{state}", 0))
+        yield finished
+        depth = GaugeMetricFamily("trainyard_queue_depth", "Messages waiting in the job queue")
+        depth.add_metric([], redis.llen(self.settings.QUEUE))
+        yield depth
+        pipe = redis.pipeline()
+        for job_id in self.registry.active_ids():
+            pipe.hget(self.registry.keys.job(job_id), "status")
+        states = [_text(s) for s in pipe.execute() if s]
+        jobs = GaugeMetricFamily(
+            "trainyard_jobs", "Jobs not yet finished, by status", labels=["status"]
+        )
+        for state in ("queued", "running"):
+            jobs.add_metric([state], states.count(state))
+        yield jobs
+        online = self.workers.online()
+        workers = GaugeMetricFamily(
+            "trainyard_workers", "Workers with a recent heartbeat", labels=["state"]
+        )
+        workers.add_metric(["busy"], sum(1 for w in online if w.busy_with))
+        workers.add_metric(["idle"], sum(1 for w in online if not w.busy_with))
+        yield workers
+
+
+class TimingMiddleware:
+    """Observes every request's latency, labelled by route template (not raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(
+                time.perf_counter() - started
+            )

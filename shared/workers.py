@@ -1,0 +1,103 @@
+"""Which workers are online and busy, from heartbeats in Redis: what "why is my job pending"
+and the queue metrics read."""
+
+from __future__ import annotations
+
+import json
+import time
+from statistics import median
+
+from redis import Redis
+
+from shared.jobs import JobRegistry, RedisKeys, _text
+from shared.queue import queue_position
+from shared.schemas import JobPublic, PendingInfo, WorkerPublic
+
+ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
+
+
+class WorkerRegistry:
+    def __init__(self, redis: Redis, prefix: str = "trainyard") -> None:
+        self.redis = redis
+        self.keys = RedisKeys(prefix)
+
+    def heartbeat(self, name: str, info: dict[str, object] | None = None) -> None:
+        """Called by each worker every few seconds (from its event loop)."""
+        record = {"name": name, "seen": time.time(), **(info or {})}
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.workers(), name, json.dumps(record))
+        pipe.execute()
+
+    def set_busy(self, name: str, job_id: str | None, ttl_s: float) -> None:
+        if job_id is None:
+            self.redis.delete(self.keys.worker_busy(name))
+        else:
+            self.redis.set(self.keys.worker_busy(name), job_id, px=int(ttl_s * 1000))
+
+    def forget(self, name: str) -> None:
+        self.redis.hdel(self.keys.workers(), name)
+
+    def online(self) -> list[WorkerPublic]:
+        now = time.time()
+        found = []
+        for raw in self.redis.hvals(self.keys.workers()):
+            record = json.loads(raw)
+            if now - float(record.get("seen", 0)) <= ONLINE_WITHIN_S:
+                busy = self.redis.get(self.keys.worker_busy(record["name"]))
+                found.append(
+                    WorkerPublic(
+                        name=record["name"],
+                        seen=record["seen"],
+                        busy_with=_text(busy) if busy else None,
+                    )
+                )
+        return sorted(found, key=lambda w: w.name)
+
+
+def pending_info(
+    job: JobPublic, registry: JobRegistry, workers: WorkerRegistry, queue: str
+) -> PendingInfo:
+    """Why a queued job waits: its place in the queue, the workers, an ETA when one can be
+    estimated from recent jobs' durations."""
+    online = workers.online()
+    busy = sum(1 for w in online if w.busy_with)
+    position = queue_position(registry.redis, queue, job.id)
+    eta = None
+    if online and position is not None:
+        recent = [d for d in _recent_durations(registry) if d > 0]
+        if recent:
+            rounds = (position - 1 + busy) / len(online) + 1  # jobs ahead per worker, then ours
+            eta = round(rounds * median(recent), 1)
+    if not online:
+        reason = "no worker is online"
+    elif position is None:
+        reason = "being handed to a worker"
+    elif busy >= len(online):
+        reason = f"all {len(online)} workers are busy; {position - 1} jobs ahead in the queue"
+    else:
+        reason = f"{position - 1} jobs ahead in the queue"
+    return PendingInfo(
+        queue_position=position,
+        workers_online=len(online),
+        workers_busy=busy,
+        eta_s=eta,
+        reason=reason,
+    )
+
+
+def _recent_durations(registry: JobRegistry, sample: int = 50) -> list[float]:
+    ids = [_text(i) for i in registry.redis.zrevrange(registry.keys.jobs_by_time(), 0, sample - 1)]
+    pipe = registry.redis.pipeline()
+    for job_id in ids:
+        pipe.hmget(registry.keys.job(job_id), "status", "started_at", "finished_at")
+    durations = []
+    from datetime import datetime
+
+    for status, started, finished in pipe.execute():
+        if status == b"succeeded" and started and finished:
+            durations.append(
+                (
+                    datetime.fromisoformat(_text(finished)) - datetime.fromisoformat(_text(started))
+                ).total_seconds()
+            )
+    return durations
