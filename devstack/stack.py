@@ -241,8 +241,10 @@ class StackConfig:
             **self.overrides,
             # the server's token table: "dev", plus any users the overrides add
             "TRAINYARD_API_TOKENS": ",".join(
-                t for t in (f"dev:{self.api_token}", self.overrides.get("TRAINYARD_API_TOKENS"))
-                if t),
+                t
+                for t in (f"dev:{self.api_token}", self.overrides.get("TRAINYARD_API_TOKENS"))
+                if t
+            ),
         }
 
     def settings(self) -> Settings:

@@ -219,4 +219,3 @@ def _raise_for(response: httpx.Response) -> None:
         )
     except ValueError:
         raise ApiError(response.status_code, "error", response.text) from None
-

@@ -38,7 +38,11 @@ def setup_json_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [json_handler()]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
+    for name in ("uvicorn", "uvicorn.error", "celery", "celery.task"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # The API writes its own access log (trainyard.access: route, status, ms, owner, job id).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False

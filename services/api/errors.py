@@ -80,8 +80,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
-            {"field": _field_of(e), "message": e["msg"], "type": e["type"]}
-            for e in exc.errors()
+            {"field": _field_of(e), "message": e["msg"], "type": e["type"]} for e in exc.errors()
         ]
         first = details[0] if details else {"field": None, "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]

@@ -3,6 +3,7 @@ time, so every API replica reports the same cluster-wide numbers."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ from shared.config import Settings
 from shared.jobs import JobRegistry, _text
 from shared.workers import WorkerRegistry
 
+log = logging.getLogger("trainyard.access")
 REGISTRY = CollectorRegistry()
 REQUEST_SECONDS = Histogram(
     "trainyard_http_request_duration_seconds",
@@ -88,6 +90,19 @@ class TimingMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(
-                time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(elapsed)
+            state = scope.get("state", {})
+            log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "status": status,
+                    "route": route,
+                    "ms": round(elapsed * 1000, 1),
+                    "owner": state.get("owner"),
+                    "job_id": scope.get("path_params", {}).get("job_id"),
+                },
             )

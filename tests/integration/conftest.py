@@ -12,17 +12,29 @@ from minio import Minio
 from redis import Redis
 
 from devstack.stack import Stack, StackConfig
+from shared.auth import new_token
 from shared.client import Client
 from shared.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
 
 UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 512 MiB
+QUEUE_CAP = 20  # per owner; small enough to reach in a test
+# Users besides "dev" (the stack's own): two owners, an admin, one for the queue cap, and one
+# the fuzzer uses (its jobs are cancelled afterwards).
+USERS = {name: new_token() for name in ("alice", "bob", "root", "carol", "fuzz")}
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    overrides = {"TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT)}
+    overrides = {
+        "TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT),
+        "TRAINYARD_MAX_QUEUED_PER_OWNER": str(QUEUE_CAP),
+        "TRAINYARD_API_TOKENS": ",".join(
+            f"{name}:{token}" + (":admin" if name == "root" else "")
+            for name, token in USERS.items()
+        ),
+    }
     stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False, overrides=overrides))
     try:
         stack.up()
@@ -44,6 +56,15 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {stack.config.api_token}"}
     with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def as_user(stack: Stack) -> Iterator[dict[str, Client]]:
+    """An SDK client per test user: as_user["alice"].submit(...)."""
+    clients = {name: Client(stack.config.api_url, token) for name, token in USERS.items()}
+    yield clients
+    for c in clients.values():
+        c.close()
 
 
 @pytest.fixture(scope="session")

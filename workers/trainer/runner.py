@@ -147,6 +147,7 @@ class JobRunner:
                 return JobStatus(got.detail)
             return JobStatus.RUNNING if got.outcome == "held" else JobStatus.FAILED
         lease, job = got.lease, self.registry.get(job_id)
+        log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
         self._status_event(job_id, JobStatus.RUNNING, attempt=lease.attempt, fence=lease.fence)
         faults = load_plan(self.registry, job_id, lease.attempt) if s.FAULT_INJECTION else None
         self.current = run = JobRun(self, lease, faults)
