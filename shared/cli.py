@@ -1,0 +1,299 @@
+"""`trainyard`: submit, follow and fetch training jobs from a terminal.
+
+The API URL and token come from --url/--token, TRAINYARD_API_URL/TRAINYARD_API_TOKEN, or
+.trainyard/stack.env (written by `make up`). Errors are one line on stderr with a non-zero
+exit status; `watch` exits with the job's outcome (0 succeeded, 1 failed, 2 cancelled)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column, Table
+
+from shared.client import ApiError, Client
+from shared.schemas import JobPublic
+from shared.status import JobStatus
+
+EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2}
+out = Console()
+err = Console(stderr=True)
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    if args.spec:
+        spec: dict[str, Any] = json.loads(Path(args.spec).read_text())
+    else:
+        spec = {"task": args.task}
+    flags = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "mode": args.mode,
+        "max_steps": args.max_steps,
+        "name": args.name,
+        "seed": args.seed,
+        "resize": args.resize,
+        "device": args.device,
+    }
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    return spec
+
+
+def cmd_submit(api: Client, args: argparse.Namespace) -> int:
+    job = api.submit(_spec(args), idempotency_key=args.idempotency_key)
+    out.print(
+        f"submitted [bold]{job.id}[/bold] ({job.spec.task} {job.spec.model} on "
+        f"{job.spec.dataset}, {job.spec.mode} mode)"
+    )
+    return cmd_watch(api, argparse.Namespace(job_id=job.id)) if args.watch else 0
+
+
+def cmd_jobs(api: Client, args: argparse.Namespace) -> int:
+    jobs = (
+        list(api.iter_jobs(args.status, args.task))
+        if args.all
+        else api.list_jobs(args.limit, status=args.status, task=args.task).data
+    )
+    table = Table("status", "task", "model", "dataset", "progress", "result", "created")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=16))
+    for job in jobs:
+        table.add_row(
+            job.id,
+            _status(job),
+            job.spec.task,
+            job.spec.model,
+            job.spec.dataset,
+            f"{job.step}/{job.total_steps or '?'}",
+            _result(job),
+            job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+    return 0
+
+
+def cmd_show(api: Client, args: argparse.Namespace) -> int:
+    job = api.get(args.job_id)
+    if args.json:
+        out.print_json(job.model_dump_json())
+        return 0
+    out.print(f"[bold]{job.id}[/bold]  {_status(job)}  owner {job.owner}")
+    out.print(f"  spec      {json.dumps(job.spec.model_dump(mode='json', exclude_none=True))}")
+    out.print(
+        f"  progress  step {job.step}/{job.total_steps or '?'}, epoch {job.epoch + 1}, "
+        f"attempts {job.attempts}, requeues {job.requeues}"
+    )
+    if job.pending:
+        eta = f", ETA {job.pending.eta_s:.0f} s" if job.pending.eta_s is not None else ""
+        out.print(f"  pending   {job.pending.reason}{eta}")
+    if job.micro_batch_size:
+        out.print(f"  memory    micro-batch {job.micro_batch_size} (after an out-of-memory)")
+    if job.result:
+        out.print(f"  result    {_result(job)}; {job.result['images_per_s']:,.0f} images/s")
+        out.print(f"  memory    {_memory(job.result['memory'])}")
+    if job.error:
+        out.print(f"  [red]error     {job.error}[/red]")
+    return 0
+
+
+def cmd_watch(api: Client, args: argparse.Namespace) -> int:
+    """A live progress bar fed by the job's SSE stream; exits with the job's outcome."""
+    job = api.get(args.job_id)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=out) as bar:
+        task = bar.add_task(job.status.value, total=job.total_steps, completed=job.step, stats="")
+        stats: dict[str, str] = {}
+        for event in api.events(job.id):
+            if event.kind == "log" and "total_steps" in event.info:
+                bar.update(task, total=event.info["total_steps"], completed=event.step)
+            elif event.kind == "step":
+                m = event.metrics
+                loss = m.get("loss", m.get("g_loss"))
+                if loss is not None:
+                    stats["loss"] = f"loss {loss:.4f}"
+                stats["rate"] = f"{m.get('images_per_s', 0):,.0f} img/s"
+                bar.update(task, completed=event.step, description="running")
+            elif event.kind == "epoch" and "test_accuracy" in event.metrics:
+                stats["acc"] = f"acc {event.metrics['test_accuracy']:.4f}"
+            elif event.kind == "status":
+                bar.update(task, description=str(event.info.get("status")))
+            bar.update(task, stats="  ".join(stats.values()))
+    job = api.get(job.id)
+    colour = {"succeeded": "green", "failed": "red"}.get(job.status.value, "yellow")
+    out.print(
+        f"[{colour}]{job.id} {job.status.value}[/{colour}]"
+        + (f": {_result(job)}" if job.result else "")
+        + (f": {job.error}" if job.error else "")
+    )
+    return EXIT.get(job.status, 1)
+
+
+def cmd_cancel(api: Client, args: argparse.Namespace) -> int:
+    job = api.cancel(args.job_id)
+    note = "cancelled" if job.status is JobStatus.CANCELLED else "stops at its next step"
+    out.print(f"{job.id} {note}")
+    return 0
+
+
+def cmd_artifacts(api: Client, args: argparse.Namespace) -> int:
+    if args.download:
+        for path in api.download(args.job_id, args.download, through_api=args.through_api):
+            out.print(str(path))
+        return 0
+    table = Table("path", "size", "url (presigned, 15 min)")
+    for artifact in api.artifacts(args.job_id):
+        table.add_row(artifact.path, f"{artifact.size:,}", artifact.url)
+    out.print(table)
+    return 0
+
+
+def cmd_datasets(api: Client, args: argparse.Namespace) -> int:
+    if args.action == "upload":
+        ds = api.upload_dataset(*args.files, name=args.name)
+        out.print(
+            f"uploaded [bold]{ds.id}[/bold]: {ds.num_images} images {ds.image[0]}x"
+            f"{ds.image[1]}x{ds.image[2]}, {ds.num_classes} classes ({ds.format})"
+        )
+        return 0
+    table = Table("id", "name", "format", "images", "shape", "classes", "created")
+    for ds in api.datasets():
+        table.add_row(
+            ds.id,
+            ds.name or "",
+            ds.format,
+            f"{ds.num_images:,}",
+            "x".join(map(str, ds.image)),
+            str(ds.num_classes),
+            ds.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+    return 0
+
+
+def _status(job: JobPublic) -> str:
+    colour = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
+    return f"[{colour.get(job.status.value, 'white')}]{job.status.value}[/]"
+
+
+def _result(job: JobPublic) -> str:
+    if not job.result:
+        return ""
+    metrics = job.result["metrics"]
+    if "test_accuracy" in metrics:
+        return f"accuracy {metrics['test_accuracy']:.4f}"
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+
+
+def _memory(memory: dict[str, Any]) -> str:
+    if memory.get("peak_gpu_allocated_bytes") is not None:
+        return (
+            f"peak GPU {memory['peak_gpu_allocated_bytes'] / 2**20:.1f} MiB allocated, "
+            f"{memory['peak_gpu_reserved_bytes'] / 2**20:.1f} MiB reserved"
+        )
+    return f"peak host RSS {memory['peak_host_rss_bytes'] / 2**20:.0f} MiB (CPU run, not GPU)"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainyard", description=__doc__.splitlines()[0])
+    p.add_argument("--url", help="API URL (default: TRAINYARD_API_URL or .trainyard/stack.env)")
+    p.add_argument("--token", help="API token (default: TRAINYARD_API_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("submit", help="queue a job")
+    s.add_argument("--spec", help="a JSON job spec file; flags override its fields")
+    s.add_argument("--task", default="classifier", choices=["classifier", "gan", "cgan"])
+    s.add_argument("--model")
+    s.add_argument("--dataset")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--mode", choices=["fast", "book"])
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--resize", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--name")
+    s.add_argument("--idempotency-key", help="retry-safe: the same key returns the same job")
+    s.add_argument("--watch", action="store_true", help="then follow it like `watch`")
+    s.set_defaults(run=cmd_submit)
+
+    j = sub.add_parser("jobs", help="list your jobs, newest first")
+    j.add_argument("--status", choices=[s.value for s in JobStatus])
+    j.add_argument("--task", choices=["classifier", "gan", "cgan"])
+    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--all", action="store_true", help="every page")
+    j.set_defaults(run=cmd_jobs)
+
+    for name, run, helptext in (
+        ("show", cmd_show, "one job in detail"),
+        ("watch", cmd_watch, "live progress until the job ends"),
+        ("cancel", cmd_cancel, "cancel a job"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("job_id")
+        if name == "show":
+            c.add_argument("--json", action="store_true")
+        c.set_defaults(run=run)
+
+    a = sub.add_parser("artifacts", help="list (or download) a job's artifacts")
+    a.add_argument("job_id")
+    a.add_argument("--download", metavar="DIR")
+    a.add_argument(
+        "--through-api",
+        action="store_true",
+        help="stream through the API instead of presigned object-storage URLs",
+    )
+    a.set_defaults(run=cmd_artifacts)
+
+    d = sub.add_parser("datasets", help="upload or list data sets")
+    dsub = d.add_subparsers(dest="action", required=True)
+    up = dsub.add_parser("upload", help="IDX files, one .npz, or one .zip of class folders")
+    up.add_argument("files", nargs="+")
+    up.add_argument("--name")
+    dsub.add_parser("list", help="your uploaded data sets")
+    d.set_defaults(run=cmd_datasets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        with Client(args.url, args.token) as api:
+            return int(args.run(api, args))
+    except ApiError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except httpx.HTTPError as exc:
+        err.print(f"error: cannot reach the API: {exc}", markup=False, highlight=False)
+        return 1
+    except (OSError, ValueError) as exc:  # unreadable file, bad JSON
+        err.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
