@@ -14,6 +14,7 @@ from pathlib import Path
 
 from devstack.stack import Stack, StackConfig, wait_for
 from shared.client import Client
+from shared.jobs import JobRegistry
 from shared.status import JobStatus
 
 SPEC = {
@@ -45,13 +46,19 @@ def main() -> int:
     )
     stack.up()
     started = time.monotonic()
+    registry = JobRegistry(stack.redis_client())
     try:
         with Client(stack.config.api_url, stack.config.api_token) as api:
             ids = [api.submit({**SPEC, "seed": i}).id for i in range(args.jobs)]
             kills = 0
             while kills < args.kills:
                 jobs = [api.get(i) for i in ids]
-                running = [j for j in jobs if j.status is JobStatus.RUNNING and j.worker]
+                # only jobs a live worker holds right now (not ones waiting to be reclaimed)
+                running = [
+                    j
+                    for j in jobs
+                    if j.status is JobStatus.RUNNING and j.worker and registry.holder(j.id)
+                ]
                 if not running:
                     if all(api.get(i).status.is_terminal() for i in ids):
                         print(f"all jobs finished after {kills} kills; submitting more")
@@ -65,11 +72,15 @@ def main() -> int:
                     return api.get(job_id).step >= target
 
                 try:
-                    wait_for(advanced, 120, "progress")
+                    wait_for(advanced, 60, "progress")
                 except Exception:
                     continue
                 current = api.get(job.id)
-                if current.status is not JobStatus.RUNNING or not current.worker:
+                if (
+                    current.status is not JobStatus.RUNNING
+                    or not current.worker
+                    or not registry.holder(job.id)
+                ):
                     continue
                 victim = next(w for w in stack.workers if current.worker.startswith(f"{w.name}-"))
                 victim.signal(signal.SIGKILL)

@@ -21,6 +21,7 @@ from redis import Redis
 
 from shared.auth import new_token
 from shared.config import Settings
+from shared.planning import plan_queue
 from shared.storage import S3ArtifactStore
 
 VENV_BIN = Path(sys.executable).parent
@@ -186,6 +187,7 @@ class StackConfig:
     bucket: str = "trainyard"
     workers: int = 1
     overrides: dict[str, str] = field(default_factory=dict)  # extra TRAINYARD_* settings
+    worker_overrides: list[dict[str, str]] = field(default_factory=list)  # per worker
 
     @classmethod
     def fresh(
@@ -194,6 +196,7 @@ class StackConfig:
         workers: int = 1,
         preferred: bool = True,
         overrides: dict[str, str] | None = None,
+        worker_overrides: list[dict[str, str]] | None = None,
     ) -> StackConfig:
         """New credentials and free ports (the usual ones when free and `preferred`)."""
         return cls(
@@ -207,6 +210,7 @@ class StackConfig:
             api_token=new_token(),
             workers=workers,
             overrides=overrides or {},
+            worker_overrides=worker_overrides or [],
         )
 
     def save(self) -> None:
@@ -327,37 +331,45 @@ class Stack:
             root,
             env,
         )
+
+        def celery_worker(name: str, queue: str, extra_env: dict[str, str]) -> Process:
+            argv = [
+                str(VENV_BIN / "python"),
+                "-m",
+                "celery",
+                "-A",
+                "workers.trainer.celery_app",
+                "worker",
+                "-Q",
+                queue,
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"{name}-{c.api_port}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+            heartbeat = {"TRAINYARD_WORKER_HEARTBEAT_FILE": str(root / f"{name}.heartbeat")}
+            return Process(name, argv, root, {**env, **heartbeat, **extra_env})
+
+        queue = c.settings().QUEUE
         self.workers = [
-            Process(
-                f"worker-{i}",
-                [
-                    str(VENV_BIN / "python"),
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.trainer.celery_app",
-                    "worker",
-                    "-Q",
-                    c.settings().QUEUE,
-                    "--concurrency",
-                    "1",
-                    "--loglevel",
-                    "INFO",
-                    "-n",
-                    f"worker-{i}-{c.api_port}@%h",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],
-                root,
-                {**env, "TRAINYARD_WORKER_HEARTBEAT_FILE": str(root / f"worker-{i}.heartbeat")},
+            celery_worker(
+                f"worker-{i}", queue, c.worker_overrides[i] if i < len(c.worker_overrides) else {}
             )
             for i in range(c.workers)
         ]
+        # The planner predicts jobs' memory (a CPU probe) for the API; it trains nothing.
+        self.planner = celery_worker(
+            "planner", plan_queue(queue), {"TRAINYARD_WORKER_ROLE": "planner"}
+        )
         self._dirs = (redis_dir, weed_dir)
 
     @property
     def processes(self) -> list[Process]:
-        return [self.redis, self.s3, self.api, *self.workers]
+        return [self.redis, self.s3, self.api, self.planner, *self.workers]
 
     def up(self, timeout: float = 90.0) -> None:
         """Start what is not running and wait until the API says it is ready."""
@@ -386,7 +398,7 @@ class Stack:
             store = S3ArtifactStore.from_settings(self.config.settings(), retry_s=0)
             wait_for(lambda: _s3_round_trip(store), 60, "the S3 server")
             self._start(self.api)
-            for worker in self.workers:
+            for worker in [self.planner, *self.workers]:
                 self._start(worker)
             wait_for(self.ready, timeout, "the API's /readyz")
             wait_for(self.workers_online, timeout, "the Celery workers")
@@ -430,7 +442,7 @@ class Stack:
 
         app = make_celery(self.config.settings())
         replies = app.control.ping(timeout=1.0) or []
-        return len(replies) >= len(self.workers)
+        return len(replies) >= len(self.workers) + 1  # and the planner
 
     def write_env(self) -> Path:
         path = self.config.root / "stack.env"

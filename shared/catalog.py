@@ -71,11 +71,15 @@ class DatasetCatalog:
         mine = [d for d in found if principal.can_see(d.owner)]
         return sorted(mine, key=lambda d: d.created_at, reverse=True)
 
-    def info(self, name: str, owner: str) -> DatasetInfo:
+    def info_any(self, name: str) -> DatasetInfo:
+        """The data set's shape for internal use (workers), whoever owns it."""
+        return self.info(name, "", admin=True)
+
+    def info(self, name: str, owner: str, admin: bool = False) -> DatasetInfo:
         """What a job spec's `dataset` names: a built-in set or the owner's upload."""
         if name in BUILTIN_DATASETS:
             return BUILTIN_DATASETS[name]
-        meta = self.get(name, Principal(owner))
+        meta = self.get(name, Principal(owner, admin))
         n_train, n_test = upload_split(meta.num_images)
         return DatasetInfo(
             meta.id,

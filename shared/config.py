@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     WORKER_HEARTBEAT_FILE: str = "/tmp/trainyard-worker-heartbeat"
     # How long object storage calls are retried (with backoff) before a job fails.
     S3_RETRY_S: float = Field(60.0, ge=0)
+    # Memory planning: classes of workers by memory ("name:GiB", names starting with "cpu" are
+    # host memory), what share of a class a job may plan to use, how long a submit waits for
+    # the planner, and (worker side) this worker's role and class (detected when unset).
+    MEMORY_CLASSES: str = "cpu:16"
+    MEMORY_HEADROOM: float = Field(0.9, gt=0, le=1)
+    PLAN_TIMEOUT_S: float = Field(30.0, ge=0)
+    WORKER_ROLE: Literal["trainer", "planner"] = "trainer"
+    WORKER_MEMORY_CLASS: str | None = None
     # Test-only: lets tests inject crashes and OOMs into a job (never enable in production).
     FAULT_INJECTION: bool = False
 

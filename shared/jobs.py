@@ -112,6 +112,12 @@ class RedisKeys:
     def datasets(self) -> str:
         return f"{self.prefix}:datasets"
 
+    def plan_cache(self, key: str) -> str:
+        return f"{self.prefix}:plan:{key}"
+
+    def plan_reply(self, request: str) -> str:
+        return f"{self.prefix}:plan:reply:{request}"
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -271,7 +277,12 @@ class JobRegistry:
     # --- records
 
     def create(
-        self, spec: JobSpec, owner: str, job_id: str | None = None, max_queued: int | None = None
+        self,
+        spec: JobSpec,
+        owner: str,
+        job_id: str | None = None,
+        max_queued: int | None = None,
+        **extra: Any,
     ) -> JobPublic:
         """Store a new queued job for `owner` and return its record; QueueFull when the owner
         already has `max_queued` queued jobs (checked and created atomically)."""
@@ -283,6 +294,7 @@ class JobRegistry:
             spec=spec,
             created_at=now,
             enqueued_at=now,
+            **extra,
         )
         fields = {
             "id": job.id,
@@ -296,6 +308,7 @@ class JobRegistry:
             "step": 0,
             "epoch": 0,
             "cancel_requested": False,
+            **{k: v for k, v in extra.items() if v is not None},  # routing, predictions
         }
         k = self.keys
         outcome, queued = self._create(

@@ -21,6 +21,7 @@ from celery import Celery
 from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobNotFound, JobRegistry, utcnow
+from shared.planning import all_queues
 from shared.queue import broker_job_ids, enqueue_training
 from shared.schemas import JobEvent
 
@@ -46,7 +47,9 @@ class Reconciler:
         )
         if not lock:
             return done  # another replica is on it
-        in_broker = broker_job_ids(self.registry.redis, self.settings.QUEUE)
+        in_broker: set[str] = set()
+        for queue in all_queues(self.settings):
+            in_broker |= broker_job_ids(self.registry.redis, queue)
         for job_id in self.registry.active_ids():
             try:
                 job = self.registry.get(job_id)
@@ -55,8 +58,9 @@ class Reconciler:
                     self.registry.keys.active(), self.registry.keys.job(job_id)
                 )
                 continue
+            queue = job.queue or self.settings.QUEUE
             if job.status.value == "running" and self.registry.reclaim(job_id):
-                self._resend(job_id, "its worker stopped renewing the lease (lost)")
+                self._resend(job_id, queue, "its worker stopped renewing the lease (lost)")
                 done["reclaimed"].append(job_id)
             elif (
                 job.status.value == "queued"
@@ -64,13 +68,13 @@ class Reconciler:
                 and _age_s(job.enqueued_at or job.created_at) > self.settings.RECONCILE_GRACE_S
             ):
                 self.registry.update(job_id, enqueued_at=utcnow())
-                self._resend(job_id, "its queue message was lost")
+                self._resend(job_id, queue, "its queue message was lost")
                 done["resent"].append(job_id)
         return done
 
-    def _resend(self, job_id: str, reason: str) -> None:
+    def _resend(self, job_id: str, queue: str, reason: str) -> None:
         log.warning("reconciler: requeueing job %s: %s", job_id, reason)
-        enqueue_training(self.celery, job_id, self.settings.QUEUE)
+        enqueue_training(self.celery, job_id, queue)
         self.events.publish(
             job_id,
             [

@@ -167,6 +167,22 @@ class JobPublic(BaseModel):
     attempts: int = Field(0, description="How many times a worker started the job")
     requeues: int = Field(0, description="Graceful hand-backs (worker shutdown); not failures")
     enqueued_at: datetime | None = None
+    memory_class: str | None = Field(None, description="The worker memory class it was routed to")
+    queue: str | None = None
+    predicted_peak_gpu_bytes: int | None = Field(
+        None, description="Predicted before it ran: peak GPU tensor memory of a training step"
+    )
+    predicted_peak_cpu_bytes: int | None = Field(
+        None, description="The same on a CPU worker (host tensor bytes)"
+    )
+    measured_peak_bytes: int | None = Field(
+        None,
+        description="After the run: peak GPU allocated bytes on CUDA, the profiler's peak "
+        "step tensor bytes on CPU (see memory.json)",
+    )
+    memory_prediction_error: float | None = Field(
+        None, description="(predicted - measured) / measured, for the device it ran on"
+    )
     micro_batch_size: int | None = Field(
         None,
         description="Set after a GPU out-of-memory: batches are split into micro-batches "
@@ -200,6 +216,11 @@ class WorkerPublic(BaseModel):
     name: str
     seen: float
     busy_with: str | None = None
+    memory_class: str = "cpu"
+    device: str = "cpu"
+    gpu_name: str | None = None
+    gpu_total_bytes: int | None = None
+    gpu_free_bytes: int | None = None
 
 
 class JobsPublic(BaseModel):
@@ -268,6 +289,10 @@ class MemoryReport(BaseModel):
     peak_host_rss_bytes: int | None = Field(
         None, description="CPU runs: peak resident memory of the worker process (host, not GPU)"
     )
+    predicted_peak_bytes: int | None = Field(
+        None, description="What the planner predicted for this device before the job ran"
+    )
+    prediction_error: float | None = Field(None, description="(predicted - measured) / measured")
     peak_step_tensor_bytes: int | None = Field(
         None,
         description="Peak tensor bytes of the first training step (parameters, optimiser "

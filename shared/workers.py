@@ -45,23 +45,22 @@ class WorkerRegistry:
             if now - float(record.get("seen", 0)) <= ONLINE_WITHIN_S:
                 busy = self.redis.get(self.keys.worker_busy(record["name"]))
                 found.append(
-                    WorkerPublic(
-                        name=record["name"],
-                        seen=record["seen"],
-                        busy_with=_text(busy) if busy else None,
+                    WorkerPublic.model_validate(
+                        {**record, "busy_with": _text(busy) if busy else None}
                     )
                 )
         return sorted(found, key=lambda w: w.name)
 
 
 def pending_info(
-    job: JobPublic, registry: JobRegistry, workers: WorkerRegistry, queue: str
+    job: JobPublic, registry: JobRegistry, workers: WorkerRegistry, default_queue: str
 ) -> PendingInfo:
-    """Why a queued job waits: its place in the queue, the workers, an ETA when one can be
-    estimated from recent jobs' durations."""
-    online = workers.online()
+    """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
+    when one can be estimated from recent jobs' durations."""
+    klass = job.memory_class or "cpu"
+    online = [w for w in workers.online() if w.memory_class == klass]
     busy = sum(1 for w in online if w.busy_with)
-    position = queue_position(registry.redis, queue, job.id)
+    position = queue_position(registry.redis, job.queue or default_queue, job.id)
     eta = None
     if online and position is not None:
         recent = [d for d in _recent_durations(registry) if d > 0]
@@ -69,11 +68,17 @@ def pending_info(
             rounds = (position - 1 + busy) / len(online) + 1  # jobs ahead per worker, then ours
             eta = round(rounds * median(recent), 1)
     if not online:
-        reason = "no worker is online"
+        reason = (
+            f"no worker of memory class {klass} is online"
+            if job.memory_class
+            else "no worker is online"
+        )
     elif position is None:
         reason = "being handed to a worker"
     elif busy >= len(online):
-        reason = f"all {len(online)} workers are busy; {position - 1} jobs ahead in the queue"
+        reason = (
+            f"all {len(online)} {klass} workers are busy; {position - 1} jobs ahead in the queue"
+        )
     else:
         reason = f"{position - 1} jobs ahead in the queue"
     return PendingInfo(

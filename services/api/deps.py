@@ -16,6 +16,7 @@ from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry
 from shared.logs import current_job
+from shared.planning import Planner
 from shared.storage import ArtifactStore
 from shared.workers import WorkerRegistry
 
@@ -48,6 +49,10 @@ def get_catalog(request: Request) -> DatasetCatalog:
 
 def get_workers(request: Request) -> WorkerRegistry:
     return request.app.state.workers
+
+
+def get_planner(request: Request) -> Planner:
+    return request.app.state.planner
 
 
 def get_async_redis(request: Request) -> AsyncRedis:
@@ -83,5 +88,6 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 CatalogDep = Annotated[DatasetCatalog, Depends(get_catalog)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+PlannerDep = Annotated[Planner, Depends(get_planner)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 JobIdDep = Annotated[str, Depends(job_context)]

@@ -18,6 +18,7 @@ from shared.config import Settings, connect_redis, get_settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry
 from shared.logs import setup_json_logging
+from shared.planning import Planner
 from shared.queue import make_celery
 from shared.reconciler import Reconciler
 from shared.storage import S3ArtifactStore
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = S3ArtifactStore.from_settings(settings)
         app.state.catalog = DatasetCatalog(redis, app.state.store, settings.KEY_PREFIX)
         app.state.celery = make_celery(settings)
+        app.state.planner = Planner(redis, app.state.celery, settings, app.state.workers)
         collector = JobsCollector(app.state.registry, app.state.workers, settings)
         REGISTRY.register(collector)
         reconciler = Reconciler(app.state.registry, app.state.events, app.state.celery, settings)

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.config import Settings
 from shared.jobs import JobRegistry, _text
+from shared.planning import all_queues
 from shared.workers import WorkerRegistry
 
 log = logging.getLogger("trainyard.access")
@@ -46,8 +47,11 @@ class JobsCollector(Collector):
         for state in ("succeeded", "failed", "cancelled"):
             finished.add_metric([state], stats.get(f"finished:{state}", 0))
         yield finished
-        depth = GaugeMetricFamily("trainyard_queue_depth", "Messages waiting in the job queue")
-        depth.add_metric([], redis.llen(self.settings.QUEUE))
+        depth = GaugeMetricFamily(
+            "trainyard_queue_depth", "Messages waiting, by queue", labels=["queue"]
+        )
+        for queue in all_queues(self.settings):
+            depth.add_metric([queue], redis.llen(queue))
         yield depth
         pipe = redis.pipeline()
         for job_id in self.registry.active_ids():
@@ -59,6 +63,19 @@ class JobsCollector(Collector):
         for state in ("queued", "running"):
             jobs.add_metric([state], states.count(state))
         yield jobs
+        errors = [float(e) for e in self._recent("memory_prediction_error") if e]
+        prediction = GaugeMetricFamily(
+            "trainyard_memory_prediction_abs_error",
+            "Mean |predicted - measured| / measured peak step memory, recent finished jobs",
+        )
+        prediction.add_metric([], sum(map(abs, errors)) / len(errors) if errors else 0.0)
+        yield prediction
+        sampled = GaugeMetricFamily(
+            "trainyard_memory_prediction_samples",
+            "Recent jobs with both a prediction and a measurement",
+        )
+        sampled.add_metric([], len(errors))
+        yield sampled
         online = self.workers.online()
         workers = GaugeMetricFamily(
             "trainyard_workers", "Workers with a recent heartbeat", labels=["state"]
@@ -66,6 +83,14 @@ class JobsCollector(Collector):
         workers.add_metric(["busy"], sum(1 for w in online if w.busy_with))
         workers.add_metric(["idle"], sum(1 for w in online if not w.busy_with))
         yield workers
+
+    def _recent(self, field: str, sample: int = 50) -> list[str]:
+        redis = self.registry.redis
+        ids = redis.zrevrange(self.registry.keys.jobs_by_time(), 0, sample - 1)
+        pipe = redis.pipeline()
+        for job_id in ids:
+            pipe.hget(self.registry.keys.job(_text(job_id)), field)
+        return [_text(v) for v in pipe.execute() if v]
 
 
 class TimingMiddleware:

@@ -167,32 +167,37 @@ def test_scaled_object(rendered: dict[str, Objects], overlay: str) -> None:
     assert "replicas" not in worker["spec"], "the ScaledObject owns the replica count"
     assert 0 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
     assert spec["cooldownPeriod"] > 0 and spec["pollingInterval"] > 0
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "redis"
-    meta = trigger["metadata"]
-    assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata values are strings"
-    assert set(meta) <= {
-        "address",
-        "host",
-        "port",
-        "listName",
-        "listLength",
-        "activationListLength",
-        "databaseIndex",
-        "enableTLS",
-        "unsafeSsl",
-        "usernameFromEnv",
-        "passwordFromEnv",
-    }
-    assert meta["listName"] == config_value(objects, "TRAINYARD_QUEUE") == "trainyard"
-    assert int(meta["listLength"]) >= 1
-    # The address is the in-cluster Redis Service, fully qualified (KEDA runs elsewhere).
+    queue = config_value(objects, "TRAINYARD_QUEUE")
     namespace = so["metadata"]["namespace"]
     redis = find(objects, "Service", "redis")
     port = redis["spec"]["ports"][0]["port"]
-    assert meta["address"] == f"redis.{namespace}.svc.cluster.local:{port}"
+    lists = []
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "redis"
+        meta = trigger["metadata"]
+        assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata values are strings"
+        assert set(meta) <= {
+            "address",
+            "host",
+            "port",
+            "listName",
+            "listLength",
+            "activationListLength",
+            "databaseIndex",
+            "enableTLS",
+            "unsafeSsl",
+            "usernameFromEnv",
+            "passwordFromEnv",
+        }
+        assert int(meta["listLength"]) >= 1
+        # The address is the in-cluster Redis Service, fully qualified (KEDA runs elsewhere).
+        assert meta["address"] == f"redis.{namespace}.svc.cluster.local:{port}"
+        lists.append(meta["listName"])
+    # The default queue, and class queues named TRAINYARD_QUEUE.<class>.
+    assert lists[0] == queue == "trainyard"
+    assert all(name.startswith(f"{queue}.") for name in lists[1:])
     redis_url = config_value(objects, "TRAINYARD_REDIS_URL")
-    assert redis_url == f"redis://redis:{port}/{meta['databaseIndex']}"
+    assert redis_url == f"redis://redis:{port}/{spec['triggers'][0]['metadata']['databaseIndex']}"
     # KEDA builds an autoscaling/v2 HPA from `advanced`: validate that part against it.
     hpa = {
         "apiVersion": "autoscaling/v2",
@@ -223,7 +228,12 @@ def test_no_plaintext_secrets(rendered: dict[str, Objects], overlay: str) -> Non
     sensitive = ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")
     for obj in rendered[overlay]:
         if obj["kind"] == "ConfigMap":
-            assert not [k for k in obj["data"] if any(s in k.upper() for s in sensitive)]
+            # A file *path* is not a secret: the tokens file itself comes from a Secret.
+            assert not [
+                k
+                for k in obj["data"]
+                if any(s in k.upper() for s in sensitive) and not k.endswith("_FILE")
+            ]
         for ctr in containers(obj):
             for env in ctr.get("env", []):
                 if any(s in env["name"].upper() for s in sensitive):
@@ -237,7 +247,7 @@ def test_pod_security(rendered: dict[str, Objects], overlay: str) -> None:
     accounts = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceAccount"}
     assert accounts and all(a["automountServiceAccountToken"] is False for a in accounts.values())
     workloads = [o for o in objects if pod_spec(o) is not None]
-    assert len(workloads) == 5
+    assert len(workloads) == 6  # api, worker, planner, redis, minio, minio-init
     for obj in workloads:
         pod = pod_spec(obj)
         assert pod is not None
@@ -331,7 +341,7 @@ def test_network_policies(rendered: dict[str, Objects], overlay: str) -> None:
                 names |= {n for n, labels in pods.items() if labels_match(selector, labels)}
         return names
 
-    assert allowed_pods(policies["redis-ingress"]) == {"api", "worker"}
+    assert allowed_pods(policies["redis-ingress"]) == {"api", "worker", "planner"}
     assert allowed_pods(policies["minio-ingress"]) == {"api", "worker", "minio-init"}
     redis_peers = [p for rule in policies["redis-ingress"]["ingress"] for p in rule["from"]]
     keda = [p for p in redis_peers if "namespaceSelector" in p]

@@ -287,6 +287,7 @@ def test_metrics_endpoint_is_open_and_counts(stack: Stack, alice_job: str) -> No
         "trainyard_jobs_submitted_total",
         'trainyard_jobs_finished_total{status="succeeded"}',
         "trainyard_queue_depth",
+        "trainyard_memory_prediction_abs_error",
         'trainyard_jobs{status="running"}',
         'trainyard_workers{state="idle"}',
         'trainyard_http_request_duration_seconds_bucket{le="0.005",method="GET",'

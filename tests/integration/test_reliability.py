@@ -19,10 +19,12 @@ from redis import Redis
 from devstack.stack import Process, Stack, StackConfig
 from shared.client import Client
 from shared.jobs import JobRegistry
-from shared.schemas import CheckpointManifest, JobEvent, JobPublic
+from shared.planning import predict
+from shared.schemas import CheckpointManifest, JobEvent, JobPublic, JobSpecAdapter
 from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.conftest import wait_for
+from workers.trainer.planner import probe
 
 LEASE_TTL_S = 3
 GRACE_S = 30
@@ -236,7 +238,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(
     assert starts(api, job.id)[1].info["resumed_from"] == manifest.history[0].step
 
 
-def test_injected_oom_halves_the_micro_batch_and_keeps_the_batch(
+def test_injected_oom_picks_the_micro_batch_the_planner_predicts_fits(
     chaos: Stack, api: Client, reg: JobRegistry
 ) -> None:
     spec = {
@@ -246,15 +248,22 @@ def test_injected_oom_halves_the_micro_batch_and_keeps_the_batch(
         "checkpoint_every": 5,
         "log_every": 1,
     }
+    # Pretend the device has room for a micro-batch of 16 but not 17: the planner must pick
+    # 16 (blind halving would pick 32 and fail again).
+    result = probe(JobSpecAdapter.validate_python(spec), (1, 28, 28), 10)
+    budget = (predict(result, 16)[0] + predict(result, 17)[0]) // 2
     job = api.submit(spec)
-    reg.redis.hset(reg.keys.faults(job.id), mapping={"oom_at_step": 7, "attempts": "1"})
+    reg.redis.hset(
+        reg.keys.faults(job.id),
+        mapping={"oom_at_step": 7, "attempts": "1", "oom_budget_bytes": budget},
+    )
     done = api.wait(job.id, timeout=120)
     assert done.status is JobStatus.SUCCEEDED, done.error
-    assert done.micro_batch_size == 32 and done.spec.batch_size == 64 and done.attempts == 2
+    assert done.micro_batch_size == 16 and done.spec.batch_size == 64 and done.attempts == 2
     reasons = [s.get("reason", "") for s in statuses(api, job.id)]
-    assert any("out of memory: micro-batch 32, 2x accumulation" in r for r in reasons)
+    assert any("out of memory: micro-batch 16, 4x accumulation" in r for r in reasons), reasons
     second = starts(api, job.id)[1].info
-    assert second["micro_batch"] == 32 and second["resumed_from"] == 5
+    assert second["micro_batch"] == 16 and second["resumed_from"] == 5
 
 
 def test_a_job_that_always_crashes_fails_after_the_budget(

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import setup_logging, worker_ready, worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    setup_logging,
+    worker_ready,
+    worker_shutting_down,
+)
 
 from shared.config import connect_redis, get_settings
 from shared.jobs import RedisKeys
 from shared.logs import setup_json_logging
+from shared.planning import parse_classes, queue_for
 from shared.queue import make_celery
 from shared.workers import WorkerRegistry
 
@@ -25,6 +32,46 @@ keys = RedisKeys(settings.KEY_PREFIX)
 @setup_logging.connect
 def _json_logs(**_: Any) -> None:
     setup_json_logging()  # one JSON object per line, with the job id
+
+
+def gpu_memory() -> tuple[str | None, int | None, int | None]:
+    """(name, total, free) of this machine's first GPU via nvidia-smi, without touching CUDA in
+    this parent process (CUDA cannot be used again in the children it forks)."""
+    try:
+        out = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,memory.total,memory.free",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()[0]
+        name, total, free = (part.strip() for part in out.split(","))
+        return name, int(total) * 2**20, int(free) * 2**20
+    except (OSError, IndexError, ValueError, subprocess.SubprocessError):
+        return None, None, None
+
+
+def memory_class(gpu_total: int | None) -> str:
+    """TRAINYARD_WORKER_MEMORY_CLASS, else the largest GPU class this GPU holds, else cpu."""
+    if settings.WORKER_MEMORY_CLASS:
+        return settings.WORKER_MEMORY_CLASS
+    gpu_classes = [c for c in parse_classes(settings.MEMORY_CLASSES) if c.gpu]
+    fitting = [c for c in gpu_classes if gpu_total and c.bytes <= gpu_total]
+    return fitting[-1].name if fitting else "cpu"
+
+
+@celeryd_after_setup.connect
+def _consume_class_queue(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """A trainer also consumes the queue of its memory class (the planner routes there)."""
+    if settings.WORKER_ROLE != "trainer":
+        return
+    klass = memory_class(gpu_memory()[1])
+    queue = queue_for(klass, settings.QUEUE)
+    instance.app.amqp.queues.select_add(queue)
+    log.info("worker %s: memory class %s, consuming %s", sender, klass, queue)
 
 
 @worker_ready.connect
@@ -59,7 +106,8 @@ class HeartbeatFile(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         self.name = str(worker.hostname)
-        self.registry = WorkerRegistry(connect_redis(settings), settings.KEY_PREFIX)
+        if settings.WORKER_ROLE == "trainer":  # planners take no jobs: not counted as workers
+            self.registry = WorkerRegistry(connect_redis(settings), settings.KEY_PREFIX)
         self.touch()
         self.tref = worker.timer.call_repeatedly(5.0, self.touch)
 
@@ -74,7 +122,17 @@ class HeartbeatFile(bootsteps.StartStopStep):
         try:
             self.path.touch()
             if self.registry is not None:
-                self.registry.heartbeat(self.name)
+                gpu_name, total, free = gpu_memory()
+                self.registry.heartbeat(
+                    self.name,
+                    {
+                        "memory_class": memory_class(total),
+                        "device": "cuda" if total else "cpu",
+                        "gpu_name": gpu_name,
+                        "gpu_total_bytes": total,
+                        "gpu_free_bytes": free,
+                    },
+                )
         except Exception:
             log.exception("worker heartbeat failed (%s)", self.path)
 

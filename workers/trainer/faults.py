@@ -21,12 +21,15 @@ from shared.jobs import JobRegistry, _text
 class FaultPlan:
     exit_at_step: int | None = None
     oom_at_step: int | None = None
+    oom_budget_bytes: int | None = None  # the memory the injected OOM pretends there is
 
     def trigger(self, step: int) -> None:
         if step == self.exit_at_step:
             os._exit(137)  # no cleanup, no ack: exactly what the OOM killer leaves behind
         if step == self.oom_at_step:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (injected at step {step})")
+            error = torch.OutOfMemoryError(f"CUDA out of memory (injected at step {step})")
+            error.budget_bytes = self.oom_budget_bytes  # type: ignore[attr-defined]
+            raise error
 
 
 def load_plan(registry: JobRegistry, job_id: str, attempt: int) -> FaultPlan | None:
@@ -41,4 +44,4 @@ def load_plan(registry: JobRegistry, job_id: str, attempt: int) -> FaultPlan | N
     def step(name: str) -> int | None:
         return int(raw[name]) if name in raw else None
 
-    return FaultPlan(step("exit_at_step"), step("oom_at_step"))
+    return FaultPlan(step("exit_at_step"), step("oom_at_step"), step("oom_budget_bytes"))

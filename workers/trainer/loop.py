@@ -83,7 +83,7 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
         wall_s=train_s,
         images_per_s=images / max(train_s, 1e-9),
         metrics=metrics or recipe.evaluate(),
-        memory=meter.report(),
+        memory=meter.report(run.predicted_peak_bytes),
     )
     run.put_json(run.keys.memory, summary.memory)
     if (table := meter.summary_text()) is not None:

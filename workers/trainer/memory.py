@@ -93,12 +93,25 @@ class MemoryMeter:
             _reset_host_peak()
 
     def first_step(self, live: Callable[[], dict[str, Any]]) -> AbstractContextManager[None]:
-        """Around a training step: on CPU, profiles the first one's tensor memory. `live` gives
-        the state alive before the step (called only when profiling)."""
-        if self.cuda or self.step_peak:
+        """Around a training step: measures the first one's peak tensor bytes (the state alive
+        before it plus its highest extra allocation) — by the allocator's peak counter on CUDA,
+        by the profiler on CPU. `live` gives that state (called only when measuring)."""
+        if self.step_peak:
             return contextlib.nullcontext()
         self.step_peak["peak_step_tensor_bytes"] = 0  # measure once
+        if self.cuda:
+            return self._cuda_step_peak(tensor_bytes(live().values()))
         return profile_tensor_peak(live().values(), self.step_peak)
+
+    @contextlib.contextmanager
+    def _cuda_step_peak(self, state_bytes: int) -> Iterator[None]:
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)  # data + state
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        torch.cuda.synchronize(self.device)
+        extra = torch.cuda.max_memory_allocated(self.device) - before
+        self.step_peak["peak_step_tensor_bytes"] = state_bytes + extra
 
     def peak(self) -> dict[str, float]:
         """The peak so far, as metric values named for what they measure."""
@@ -109,7 +122,10 @@ class MemoryMeter:
             }
         return {"peak_host_rss_bytes": float(_host_peak_rss())}
 
-    def report(self) -> MemoryReport:
+    def report(self, predicted: int | None = None) -> MemoryReport:
+        """The job's memory; with the planner's prediction for this device, its error."""
+        step = self.step_peak.get("peak_step_tensor_bytes") or None
+        error = (predicted - step) / step if predicted and step else None
         if self.cuda:
             props = torch.cuda.get_device_properties(self.device)
             return MemoryReport(
@@ -120,6 +136,9 @@ class MemoryMeter:
                 peak_gpu_allocated_bytes=torch.cuda.max_memory_allocated(self.device),
                 peak_gpu_reserved_bytes=torch.cuda.max_memory_reserved(self.device),
                 gpu_total_bytes=props.total_memory,
+                peak_step_tensor_bytes=step,
+                predicted_peak_bytes=predicted,
+                prediction_error=error,
                 note="GPU tensor memory from torch.cuda (memory_allocated / max_memory_allocated "
                 "and the caching allocator's reserved bytes)",
             )
@@ -127,7 +146,9 @@ class MemoryMeter:
             device="cpu",
             device_name="cpu",
             peak_host_rss_bytes=_host_peak_rss(),
-            peak_step_tensor_bytes=self.step_peak.get("peak_step_tensor_bytes") or None,
+            peak_step_tensor_bytes=step,
+            predicted_peak_bytes=predicted,
+            prediction_error=error,
             note="CPU run, host memory, not GPU: peak RSS of the worker process, and the peak "
             "tensor bytes of the first training step from the PyTorch profiler",
         )

@@ -56,7 +56,8 @@ class ClassifierRecipe:
         self.spec, self.data = spec, data
         self.prepare = _prepare_for(spec)
         self.micro = micro_batch or spec.batch_size
-        self.model = build_model(spec.model).to(device)
+        with device:  # parameters are created on the device: no host copy, and traceable
+            self.model = build_model(spec.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.loss_fn = nn.BCELoss()
         self.outputs = 10  # the book's models have 10 outputs whatever the data set
@@ -160,8 +161,8 @@ class GanRecipe:
         fixed = info.max_classes if info.image is not None else None
         self.classes = (fixed or data.num_classes) if spec.task == "cgan" else 0
         activation = spec.activation if isinstance(spec, GanSpec) else "leaky_relu"
-        D, G = build_gan(spec.model, (c, h, w), self.classes, activation)
-        self.D, self.G = D.to(device), G.to(device)
+        with device:
+            self.D, self.G = build_gan(spec.model, (c, h, w), self.classes, activation)
         # Book: Adam with default betas at the book's lr. Fast: the DCGAN recipe (beta1 0.5).
         betas = (0.9, 0.999) if self.book else (0.5, 0.999)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr, betas=betas)

@@ -52,6 +52,8 @@ class Run:
         self.sink = sink
         # Set from another thread (cancel listener, heartbeat, signal handler); read each step.
         self.stop_reason: StopReason | None = None
+        # The planner's prediction for this device, set by the worker: memory.json compares.
+        self.predicted_peak_bytes: int | None = None
         self._pending: list[JobEvent] = []
         self._last_flush = time.monotonic()
         self._last_checkpoint_step = -1

@@ -13,19 +13,24 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import psutil
 import torch
 from redis import Redis
 
+from shared import planning
+from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_redis
 from shared.events import EventStream
 from shared.jobs import JobRegistry, Lease, LeaseLost, utcnow
 from shared.logs import current_job
-from shared.schemas import JobEvent, JobSpec
+from shared.planning import GIB
+from shared.schemas import JobEvent, JobPublic, JobSpec
 from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
 from shared.workers import WorkerRegistry
 from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.loop import fit
+from workers.trainer.planner import probe
 from workers.trainer.run import JobStopped, Run, StopReason
 
 log = logging.getLogger(__name__)
@@ -125,13 +130,16 @@ class JobControl:
 class JobRunner:
     """One per worker process: connections are made once, jobs run one after another."""
 
-    def __init__(self, settings: Settings, worker: str, enqueue: Callable[[str], None]) -> None:
+    def __init__(
+        self, settings: Settings, worker: str, enqueue: Callable[[str, str], None]
+    ) -> None:
         redis: Redis = connect_redis(settings)
         self.settings, self.worker, self.enqueue = settings, worker, enqueue
         self.registry = JobRegistry(redis, settings.KEY_PREFIX)
         self.events = EventStream(redis, settings.KEY_PREFIX)
         self.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
+        self.catalog = DatasetCatalog(redis, self.store, settings.KEY_PREFIX)
         self.current: JobRun | None = None
 
     def run(self, job_id: str) -> JobStatus:
@@ -151,6 +159,7 @@ class JobRunner:
         self._status_event(job_id, JobStatus.RUNNING, attempt=lease.attempt, fence=lease.fence)
         faults = load_plan(self.registry, job_id, lease.attempt) if s.FAULT_INJECTION else None
         self.current = run = JobRun(self, lease, faults)
+        run.predicted_peak_bytes = self._predicted(job)
         try:
             with JobControl(self, run):
                 summary = fit(job.spec, run, job.micro_batch_size)
@@ -160,13 +169,22 @@ class JobRunner:
             log.warning("job %s: %s; another worker owns it now", job_id, exc)
             return JobStatus.RUNNING
         except torch.OutOfMemoryError as exc:
-            return self._after_oom(lease, job.spec, job.micro_batch_size, exc)
+            return self._after_oom(lease, job, exc)
         except Exception as exc:
             log.exception("job %s failed", job_id)
             return self._end(lease, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.current = None
-        return self._end(lease, JobStatus.SUCCEEDED, result=summary.model_dump(mode="json"))
+        memory = summary.memory
+        return self._end(
+            lease,
+            JobStatus.SUCCEEDED,
+            result=summary.model_dump(mode="json"),
+            measured_peak_bytes=memory.peak_step_tensor_bytes or "",
+            memory_prediction_error=memory.prediction_error
+            if memory.prediction_error is not None
+            else "",
+        )
 
     def drain(self) -> None:
         """SIGTERM in this process: hand the running job back at its next step."""
@@ -180,24 +198,69 @@ class JobRunner:
             return self._requeue(lease, "worker shutting down", requeues=1)
         return JobStatus.RUNNING  # lease lost: nothing of ours to write
 
-    def _after_oom(
-        self, lease: Lease, spec: JobSpec, micro: int | None, exc: torch.OutOfMemoryError
-    ) -> JobStatus:
-        """Free the memory and requeue with half the micro-batch (same effective batch); the
-        next start resumes from the last checkpoint and counts against the attempt budget."""
+    def _after_oom(self, lease: Lease, job: JobPublic, exc: torch.OutOfMemoryError) -> JobStatus:
+        """Free the memory, pick the largest micro-batch the planner predicts will fit in the
+        memory there is (not blind halving), and requeue: the next start resumes from the last
+        checkpoint with gradient accumulation (same effective batch) and counts as an attempt."""
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        half = (micro or spec.batch_size) // 2
-        if half < 1:
-            return self._end(lease, JobStatus.FAILED, error=f"out of memory at batch size 1: {exc}")
-        log.warning("job %s: out of memory; retrying with micro-batch %d", lease.job_id, half)
+        current = job.micro_batch_size or job.spec.batch_size
+        budget = getattr(exc, "budget_bytes", None) or self._memory_budget()
+        probe = self._probe(job.spec)
+        gpu = torch.cuda.is_available()
+        fits = [
+            m
+            for m in range(current - 1, 0, -1)
+            if planning.predict(probe, m)[1 if gpu else 0] <= budget
+        ]
+        if not fits:
+            return self._end(
+                lease,
+                JobStatus.FAILED,
+                error=f"out of memory even at a micro-batch of 1 "
+                f"({budget / GIB:.2f} GiB available): {exc}",
+            )
+        micro = fits[0]
+        need = planning.predict(probe, micro)[1 if gpu else 0]
+        log.warning("out of memory at micro-batch %d; %d predicted to fit", current, micro)
+        steps = -(-job.spec.batch_size // micro)
         return self._requeue(
             lease,
-            f"out of memory: micro-batch {half}, "
-            f"{(micro or spec.batch_size) // half}x accumulation",
-            micro_batch_size=half,
+            f"out of memory: micro-batch {micro}, {steps}x accumulation "
+            f"(predicted {need / GIB:.3f} of {budget / GIB:.3f} GiB)",
+            micro_batch_size=micro,
         )
+
+    def _probe(self, spec: JobSpec) -> planning.ProbeResult:
+        """The planner's probe for this job (cached in Redis; measured here if missing)."""
+        info = self.catalog.info_any(spec.dataset)
+        key = planning.plan_key(spec, info.image, info.num_classes)
+        cached = self.registry.redis.get(self.registry.keys.plan_cache(key))
+        if cached is not None:
+            return planning.ProbeResult.model_validate_json(cached)
+        found = probe(spec, info.image, info.num_classes)
+        self.registry.redis.set(self.registry.keys.plan_cache(key), found.model_dump_json())
+        return found
+
+    def _predicted(self, job: JobPublic) -> int | None:
+        """The planner's peak for this device at the batch this run will use."""
+        try:
+            cpu, gpu = planning.predict(
+                self._probe(job.spec), job.micro_batch_size or job.spec.batch_size
+            )
+        except Exception:  # planning is advice: never let it stop training
+            log.exception("could not predict memory")
+            return None
+        return gpu if torch.cuda.is_available() and job.spec.device != "cpu" else cpu
+
+    def _memory_budget(self) -> int:
+        """Bytes a training step may use on this device now."""
+        headroom = self.settings.MEMORY_HEADROOM
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return int((free + torch.cuda.memory_allocated()) * headroom)
+        return int(psutil.virtual_memory().available * headroom)
 
     def _requeue(self, lease: Lease, reason: str, requeues: int = 0, **fields: Any) -> JobStatus:
         job_id = lease.job_id
@@ -211,7 +274,8 @@ class JobRunner:
             return JobStatus.RUNNING
         self.registry.log_lease(job_id, "released", worker=self.worker, reason=reason)
         self._status_event(job_id, JobStatus.QUEUED, reason=reason)
-        self.enqueue(job_id)  # if this send fails, the reconciler re-enqueues it
+        queue = self.registry.field(job_id, "queue") or self.settings.QUEUE
+        self.enqueue(job_id, queue)  # if this send fails, the reconciler re-enqueues it
         return JobStatus.QUEUED
 
     def _end(self, lease: Lease, status: JobStatus, **fields: Any) -> JobStatus:

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,7 @@ from services.api.deps import (
     CeleryDep,
     EventsDep,
     JobIdDep,
+    PlannerDep,
     PrincipalDep,
     RegistryDep,
     SettingsDep,
@@ -35,6 +36,7 @@ from services.api.metrics import JOBS_SUBMITTED
 from shared.catalog import DatasetCatalog, DatasetNotFound
 from shared.events import decode_entry
 from shared.jobs import InvalidCursor, JobRegistry, QueueFull, _text, new_job_id
+from shared.planning import NoClassFits
 from shared.queue import enqueue_training
 from shared.schemas import (
     ArtifactPublic,
@@ -49,7 +51,7 @@ from shared.schemas import (
 from shared.status import JobStatus
 from shared.storage import ArtifactNotFound, JobKeys
 from shared.workers import pending_info
-from shared.zoo import MODELS, fit_problem
+from shared.zoo import MODELS, DatasetInfo, fit_problem
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -77,13 +79,22 @@ def submit_job(
     celery: CeleryDep,
     events: EventsDep,
     settings: SettingsDep,
+    planner: PlannerDep,
     idempotency_key: Annotated[
         str | None,
         Header(description="Retry-safe submission: the same key and body return the same job"),
     ] = None,
 ) -> JobPublic:
-    """Queue a training job (201); a replayed Idempotency-Key returns the same job (200)."""
-    _check_fits(spec, catalog, principal.owner)
+    """Queue a training job (201); a replayed Idempotency-Key returns the same job (200).
+    Its peak memory is predicted first and it is routed to a worker class that can hold it;
+    a job no configured class can hold is a 422 with the numbers."""
+    info = _check_fits(spec, catalog, principal.owner)
+    try:
+        routing = planner.route(spec, info.image, info.num_classes)
+    except NoClassFits as exc:
+        raise RequestValidationError(
+            [{"type": "memory", "msg": str(exc), "loc": ("body", spec.task, "batch_size")}]
+        ) from exc
     job_id = new_job_id()
     if idempotency_key is not None:
         replay = _claim_key(registry, principal.owner, idempotency_key, spec, job_id, settings)
@@ -91,14 +102,23 @@ def submit_job(
             response.status_code = status.HTTP_200_OK
             return replay
     try:
-        job = registry.create(spec, principal.owner, job_id, settings.MAX_QUEUED_PER_OWNER)
+        job = registry.create(
+            spec,
+            principal.owner,
+            job_id,
+            settings.MAX_QUEUED_PER_OWNER,
+            memory_class=routing.memory_class,
+            queue=routing.queue,
+            predicted_peak_cpu_bytes=routing.cpu_bytes,
+            predicted_peak_gpu_bytes=routing.gpu_bytes,
+        )
     except QueueFull as exc:
         if idempotency_key is not None:
             registry.redis.delete(registry.keys.idempotency(principal.owner, idempotency_key))
         raise ApiProblem(429, str(exc), headers={"Retry-After": "30"}) from exc
     JOBS_SUBMITTED.labels(task=spec.task).inc()
     try:
-        enqueue_training(celery, job.id, settings.QUEUE)
+        enqueue_training(celery, job.id, routing.queue or settings.QUEUE)
     except Exception as exc:  # broker down: say so, and do not leave a job nobody will run
         log.exception("could not enqueue job %s", job.id)
         registry.transition(job.id, JobStatus.FAILED, error=f"could not enqueue: {exc}")
@@ -142,19 +162,23 @@ def _claim_key(
     )
 
 
-def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> None:
-    """422 when the data set is unknown or the model cannot take its images (e.g.
-    book_conv_gan on 28x28 without resize)."""
+def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> DatasetInfo:
+    """The data set's shape; 422 when it is unknown or the model cannot take its images
+    (e.g. book_conv_gan on 28x28 without resize)."""
     try:
         info = catalog.info(spec.dataset, owner)
-        problem = fit_problem(MODELS[spec.model], info, spec.crop_hw(), spec.resize_hw())
     except DatasetNotFound as exc:
-        problem = ("dataset", f"{exc}: upload it first (POST /v1/datasets)")
+        _invalid(spec, "dataset", f"{exc}: upload it first (POST /v1/datasets)")
+    problem = fit_problem(MODELS[spec.model], info, spec.crop_hw(), spec.resize_hw())
     if problem is not None:
-        field, why = problem
-        raise RequestValidationError(
-            [{"type": "model_data_mismatch", "msg": why, "loc": ("body", spec.task, field)}]
-        )
+        _invalid(spec, *problem)
+    return info
+
+
+def _invalid(spec: JobSpec, field: str, why: str) -> NoReturn:
+    raise RequestValidationError(
+        [{"type": "model_data_mismatch", "msg": why, "loc": ("body", spec.task, field)}]
+    )
 
 
 @router.get("")

@@ -1,0 +1,292 @@
+"""The dashboard in Debian's chromium against a real stack: sign-in, the job list, submitting,
+live progress and curves, the sample-grid timeline and comparison, memory labels, artifacts,
+cancelling. Every wait polls the page (expect / wait_for_function); none is a fixed sleep."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from shared.client import Client
+from tests.e2e.browser import (
+    JOB_TIMEOUT_MS,
+    RECORDER,
+    SHOTS,
+    image_digests,
+    job_id_from_url,
+    open_job,
+    save_small_png,
+    seen,
+    shot,
+    sign_in,
+    wait_for_image,
+)
+from tests.e2e.conftest import SMALL_GAN
+
+DOCS_SHOT_MAX_BYTES = 150_000
+
+
+def test_a_wrong_token_is_refused_and_the_right_one_shows_the_jobs(
+    page: Page, base_url: str, token: str
+) -> None:
+    page.goto(base_url + "/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    shot(page, "01-sign-in")
+
+    page.locator("#token").fill("not-the-token")
+    page.get_by_role("button", name="Sign in").click()
+    error = page.locator("#signin-error")
+    expect(error).to_contain_text("the API refused this token")
+    expect(error).to_contain_text("401 unauthorized")
+    assert page.evaluate("() => sessionStorage.length") == 0  # a refused token is not kept
+    shot(page, "02-wrong-token")
+
+    sign_in(page, base_url, token)
+    expect(page.locator("#jobs-table")).to_be_visible()
+    expect(page.locator("#list-updated")).to_contain_text("updated")
+    shot(page, "03-job-list")
+
+    page.get_by_role("link", name="sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#signin-error")).to_have_text("Signed out.")
+    assert page.evaluate("() => sessionStorage.length") == 0
+
+
+def test_a_bad_submission_shows_the_apis_message_naming_the_field(
+    page: Page, base_url: str, token: str, http: httpx.Client
+) -> None:
+    before = http.get("/v1/jobs").json()["count"]
+    sign_in(page, base_url, token)
+    form = page.locator("#submit-form")
+    form.get_by_label("epochs").fill("0")
+    form.get_by_role("button", name="Submit").click()
+    error = page.locator("#submit-error")
+    # Exactly what the API says to any client for the same body.
+    expected = http.post("/v1/jobs", json={"task": "gan", "epochs": 0}).json()["error"]
+    assert expected["field"] == "epochs"
+    expect(error).to_contain_text(expected["message"])
+    expect(error).to_contain_text("field: epochs")
+    expect(error).to_contain_text("HTTP 422 validation_error")
+    expect(form.locator("[name=epochs]")).to_have_attribute("aria-invalid", "true")
+    shot(page, "04-bad-submission")
+
+    # Not a number: sent as typed, so the API's validation names the field.
+    form.get_by_label("epochs").fill("")
+    form.get_by_label("lr").fill("fast")
+    form.get_by_role("button", name="Submit").click()
+    expect(error).to_contain_text("field: lr")
+    expect(form.locator("[name=lr]")).to_have_attribute("aria-invalid", "true")
+    expect(form.locator("[name=epochs]")).not_to_have_attribute("aria-invalid", "true")
+    assert http.get("/v1/jobs").json()["count"] == before  # nothing was queued
+
+
+def test_a_job_submitted_in_the_form_shows_progress_and_curves_live(
+    page: Page, base_url: str, token: str, http: httpx.Client
+) -> None:
+    sign_in(page, base_url, token)
+    page.evaluate(RECORDER)  # the app is one page: the recorder stays through navigation
+    form = page.locator("#submit-form")
+    form.get_by_label("task").select_option("gan")
+    form.get_by_label("model").select_option(SMALL_GAN["model"])
+    form.get_by_label("max steps").fill(str(SMALL_GAN["max_steps"]))
+    form.get_by_label("sample every").fill(str(SMALL_GAN["sample_every"]))
+    form.get_by_label("batch size").fill(str(SMALL_GAN["batch_size"]))
+    form.get_by_label("name").fill("e2e <b>form</b> job")  # shown as text, never as markup
+    form.get_by_role("button", name="Submit").click()
+    expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]+$"))
+    job_id = job_id_from_url(page)
+    expect(page.locator("#job-name")).to_have_text("e2e <b>form</b> job")
+    shot(page, "05-submitted")
+
+    status = page.locator("#job-status")
+    # A step between the first and the last while the page says "running": the stream is live.
+    page.wait_for_function(
+        "() => window.__seen.some(e => e.status === 'running' && e.step > 0 && e.step < 60)",
+        timeout=JOB_TIMEOUT_MS,
+    )
+    shot(page, "06-running")
+    expect(status).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#job-step")).to_contain_text("step 60 / 60")
+    shot(page, "07-finished")
+
+    running = [e for e in seen(page) if e["job"] == job_id and e["status"] == "running"]
+    steps = [e["step"] for e in running if e["step"] > 0]
+    assert len(set(steps)) >= 2, running  # the step count rose on the page during the run
+    assert steps == sorted(steps), running
+    points = sorted({e["points"] for e in running if e["points"] > 0})
+    assert len(points) >= 2, running  # and the loss curve gained points during the run
+    # Every logged step is on the curves: D and G loss, D(real) and D(G(z)) at steps 10..60.
+    charts = page.locator("#charts .chart")
+    expect(charts).to_have_count(2)
+    for i in range(2):
+        expect(charts.nth(i)).to_have_attribute("data-points", "12")
+    assert http.get(f"/v1/jobs/{job_id}").json()["step"] == 60
+
+
+def test_the_sample_timeline_shows_another_steps_grid(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str], http: httpx.Client
+) -> None:
+    job_id, _ = finished_gans
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    label = page.locator("#sample-label")
+    img = page.locator("#sample-img")
+    expect(label).to_have_text("step 60 (4 of 4)")
+    wait_for_image(img, 60)
+    expect(page.locator("#charts .chart").first).to_have_attribute("data-points", "12")
+    save_docs_screenshot(page)
+    last = image_digests(img)
+
+    slider = page.locator("#sample-slider")
+    slider.focus()
+    page.keyboard.press("Home")
+    expect(label).to_have_text("step 15 (1 of 4)")
+    wait_for_image(img, 15)
+    first = image_digests(img)
+    shot(page, "09-timeline-step-15")
+
+    assert first["src"] != last["src"] and first["src"].startswith("blob:")
+    assert first["pixels"] != last["pixels"]  # the decoded image changed, not just its URL
+    assert (first["width"], first["height"]) == (last["width"], last["height"])
+    # What the page shows is the job's artifact for that step, byte for byte.
+    for step, digest in ((15, first["bytes"]), (60, last["bytes"])):
+        png = http.get(f"/v1/jobs/{job_id}/artifacts/samples/step-{step:08d}.png").content
+        assert hashlib.sha256(png).hexdigest() == digest
+
+    page.keyboard.press("ArrowRight")
+    expect(label).to_have_text("step 30 (2 of 4)")
+    wait_for_image(img, 30)
+
+
+def test_side_by_side_compares_two_jobs_at_the_same_step(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str]
+) -> None:
+    job_id, other_id = finished_gans
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    wait_for_image(page.locator("#sample-img"), 60)
+    page.locator("#compare-job").select_option(other_id)
+    other = page.locator("#compare-img")
+    wait_for_image(other, 60)
+    expect(page.locator("#compare-caption")).to_have_text(f"job {other_id} · step 60 (same step)")
+    expect(page.locator(".grids img:visible")).to_have_count(2)
+    shot(page, "10-side-by-side")
+    mine, theirs = image_digests(page.locator("#sample-img")), image_digests(other)
+    assert mine["pixels"] != theirs["pixels"]  # another seed, other images
+
+    page.locator("#sample-slider").focus()
+    page.keyboard.press("Home")
+    wait_for_image(page.locator("#sample-img"), 15)
+    wait_for_image(other, 15)  # the comparison follows the slider
+    expect(page.locator("#compare-caption")).to_contain_text("step 15 (same step)")
+
+
+def test_the_memory_panel_labels_host_memory_as_not_gpu(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str], client: Client
+) -> None:
+    job_id, _ = finished_gans
+    memory = (client.get(job_id).result or {})["memory"]
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    card = page.locator("#memory-card")
+    expect(card).to_contain_text("from memory.json")
+    expect(card).to_contain_text(memory["note"])  # the report's own words
+    shot(page, "11-memory")
+    if memory["device"] != "cpu":  # a CUDA worker: GPU figures, and no host figure
+        expect(card).to_contain_text("peak GPU allocated")
+        expect(card).to_contain_text("peak GPU reserved")
+        expect(card).not_to_contain_text("host RSS")
+        return
+    expect(card).to_contain_text("peak host RSS (host memory, not GPU)")
+    expect(card).to_contain_text("peak step tensor bytes (profiler)")
+    expect(card).to_contain_text("not GPU")
+    expect(card).not_to_contain_text("GPU allocated")
+    expect(card).not_to_contain_text("GPU reserved")
+    rss = page.locator("#memory-table tr", has_text="peak host RSS")
+    expect(rss).to_contain_text(f"{memory['peak_host_rss_bytes'] / 2**20:.1f} MiB")
+
+
+def test_artifacts_download_through_the_api_and_show_presigned_urls(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str]
+) -> None:
+    job_id, _ = finished_gans
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    row = page.locator('#artifacts-table tr[data-path="summary.json"]')
+    with page.expect_download() as info:
+        row.get_by_role("button", name="download").click()
+    download = info.value
+    assert download.suggested_filename == "summary.json"
+    summary = json.loads(Path(download.path()).read_text())
+    assert summary["job_id"] == job_id and summary["steps"] == 60
+    presigned = row.locator("a.url")
+    expect(presigned).to_have_attribute(
+        "href", re.compile(rf"/jobs/{job_id}/summary\.json\?.*X-Amz-Signature=")
+    )
+    expect(page.locator('#artifacts-table tr[data-path="final/model.pt"]')).to_be_visible()
+    shot(page, "12-artifacts")
+
+
+def test_the_list_filters_and_pages(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str]
+) -> None:
+    sign_in(page, base_url, token)
+    page.goto(f"{base_url}/#/?limit=1")
+    rows = page.locator("#jobs-table tbody tr")
+    expect(rows).to_have_count(1)
+    page.get_by_role("button", name="more").click()
+    expect(rows).to_have_count(2)
+    shot(page, "13-list-more")
+
+    page.locator("#filter-status").select_option("succeeded")
+    expect(page).to_have_url(re.compile(r"status=succeeded"))
+    expect(rows.first).to_be_visible()
+    assert set(rows.evaluate_all("rows => rows.map(r => r.dataset.status)")) == {"succeeded"}
+    page.locator("#filter-task").select_option("cgan")  # none of those here
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    expect(rows).to_have_count(0)
+
+
+def test_a_classifier_shows_accuracy_and_its_confusion_matrix(
+    page: Page, base_url: str, token: str, client: Client
+) -> None:
+    job = client.submit({"task": "classifier", "max_steps": 30, "epochs": 1, "sample_every": 15})
+    sign_in(page, base_url, token)
+    open_job(page, job.id)
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#confusion")).to_be_visible()
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#confusion-img'); "
+        "return i.complete && i.naturalWidth > 0; }"
+    )
+    accuracy = page.locator("#charts .chart", has_text="held-out accuracy")
+    expect(accuracy).to_have_attribute("data-points", "1")
+    expect(page.locator("#samples-note")).to_contain_text("red where the prediction is wrong")
+    expect(page.locator("#result-table")).to_contain_text("test_accuracy")
+    shot(page, "14-classifier")
+
+
+def test_the_cancel_button_stops_a_job(
+    page: Page, base_url: str, token: str, client: Client
+) -> None:
+    job = client.submit({**SMALL_GAN, "max_steps": 1_000_000, "sample_every": 100_000})
+    sign_in(page, base_url, token)
+    open_job(page, job.id)
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.locator("#job-status")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    shot(page, "15-cancelled")
+    assert client.get(job.id).status == "cancelled"
+
+
+def save_docs_screenshot(page: Page) -> None:
+    """The README's picture, from this run: the viewport of a finished GAN's page. The
+    committed docs/dashboard-job.png comes from `python -m tests.e2e.docs_screenshot`, which
+    trains longer so that the grid shows digits."""
+    size = save_small_png(page, SHOTS / "dashboard-job.png")
+    assert size <= DOCS_SHOT_MAX_BYTES, size
