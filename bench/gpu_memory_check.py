@@ -53,8 +53,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs a GPU (the CPU check is tests/unit/test_planning)")
         return 2
-    print(f"{torch.cuda.get_device_name()}: predicted (CPU probe, 512-byte blocks) vs "
-          "torch.cuda.max_memory_allocated() over one training step\n")
+    print(
+        f"{torch.cuda.get_device_name()}: predicted (CPU probe, 512-byte blocks) vs "
+        "torch.cuda.max_memory_allocated() over one training step\n"
+    )
     print(f"{'model':<15}{'batch':>6}{'predicted MiB':>15}{'measured MiB':>14}{'error':>9}")
     worst = 0.0
     for body, image, batches in CASES:
@@ -64,8 +66,10 @@ def main() -> int:
             measured = measured_on_cuda(body, image, batch)
             error = (predicted - measured) / measured
             worst = max(worst, abs(error))
-            print(f"{body['model']:<15}{batch:>6}{predicted / 2**20:>15.1f}"
-                  f"{measured / 2**20:>14.1f}{error:>+9.1%}")
+            print(
+                f"{body['model']:<15}{batch:>6}{predicted / 2**20:>15.1f}"
+                f"{measured / 2**20:>14.1f}{error:>+9.1%}"
+            )
     print(f"\nworst |error| {worst:.1%} (goal 5%)")
     return 0 if worst <= 0.05 else 1
 

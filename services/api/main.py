@@ -11,7 +11,7 @@ from redis.asyncio import Redis as AsyncRedis
 from services.api import errors
 from services.api.limits import JsonBodyLimit
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
-from services.api.routes import datasets, health, jobs
+from services.api.routes import datasets, health, jobs, ui
 from shared.auth import TokenTable
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_redis, get_settings
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    ui.mount(app)  # the dashboard at "/", after the API routes; not in the OpenAPI schema
     errors.install(app)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.JSON_BODY_MAX_BYTES)
     app.add_middleware(TimingMiddleware)

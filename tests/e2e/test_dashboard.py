@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
+from devstack.stack import Stack
 from shared.client import Client
 from tests.e2e.browser import (
     JOB_TIMEOUT_MS,
@@ -271,6 +272,37 @@ def test_a_classifier_shows_accuracy_and_its_confusion_matrix(
     shot(page, "14-classifier")
 
 
+def test_the_event_stream_resumes_after_the_api_restarts(
+    page: Page, base_url: str, token: str, client: Client, stack: Stack
+) -> None:
+    job = client.submit({**SMALL_GAN, "max_steps": 200, "sample_every": 100, "name": "resume"})
+    resumed_from: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: (
+            resumed_from.append(r.headers.get("last-event-id"))
+            if r.url.endswith(f"/v1/jobs/{job.id}/events")
+            else None
+        ),
+    )
+    sign_in(page, base_url, token)
+    open_job(page, job.id)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#job-step').dataset.step) >= 20",
+        timeout=JOB_TIMEOUT_MS,
+    )
+    stack.restart(stack.api, stack.ready)  # drops the stream mid-job
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    shot(page, "15-resumed")
+    assert resumed_from[0] is None and len(resumed_from) >= 2, resumed_from
+    assert all(re.fullmatch(r"\d+-\d+", last or "") for last in resumed_from[1:]), resumed_from
+    # Every event exactly once: none lost in the gap, none replayed twice.
+    history = client.metrics(job.id)
+    expect(page.locator("#stream-state")).to_have_attribute("data-events", str(len(history)))
+    for i in range(2):
+        expect(page.locator("#charts .chart").nth(i)).to_have_attribute("data-points", "40")
+
+
 def test_the_cancel_button_stops_a_job(
     page: Page, base_url: str, token: str, client: Client
 ) -> None:
@@ -280,7 +312,7 @@ def test_the_cancel_button_stops_a_job(
     page.get_by_role("button", name="Cancel job").click()
     expect(page.locator("#job-status")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
-    shot(page, "15-cancelled")
+    shot(page, "16-cancelled")
     assert client.get(job.id).status == "cancelled"
 
 
