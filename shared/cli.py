@@ -150,6 +150,19 @@ def cmd_watch(api: Client, args: argparse.Namespace) -> int:
     return EXIT.get(job.status, 1)
 
 
+def cmd_events(api: Client, args: argparse.Namespace) -> int:
+    """The job's event history (GET /v1/jobs/{id}/metrics), or --follow it live (SSE)."""
+    events = api.events(args.job_id) if args.follow else iter(api.metrics(args.job_id, args.kind))
+    for event in events:
+        if args.kind and event.kind != args.kind:
+            continue
+        values = " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())
+        info = " ".join(f"{k}={v}" for k, v in event.info.items())
+        out.print(f"{event.id}  {event.kind:<10} step {event.step:>6}  {values} {info}",
+                  markup=False, highlight=False)
+    return 0
+
+
 def cmd_cancel(api: Client, args: argparse.Namespace) -> int:
     job = api.cancel(args.job_id)
     note = "cancelled" if job.status is JobStatus.CANCELLED else "stops at its next step"
@@ -256,6 +269,13 @@ def parser() -> argparse.ArgumentParser:
         if name == "show":
             c.add_argument("--json", action="store_true")
         c.set_defaults(run=run)
+
+    e = sub.add_parser("events", help="a job's event history (metrics, status, ...)")
+    e.add_argument("job_id")
+    e.add_argument("--kind", choices=["status", "step", "epoch", "checkpoint", "sample",
+                                      "memory", "log"])
+    e.add_argument("--follow", action="store_true", help="stream live until the job ends")
+    e.set_defaults(run=cmd_events)
 
     a = sub.add_parser("artifacts", help="list (or download) a job's artifacts")
     a.add_argument("job_id")

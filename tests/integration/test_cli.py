@@ -36,6 +36,10 @@ def test_submit_watch_show_jobs_artifacts(stack: Stack, tmp_path: Path) -> None:
     shown = run(stack, "show", job_id)
     assert "step 40/40" in shown.stdout and "peak host RSS" in shown.stdout
     assert '"id"' in run(stack, "show", job_id, "--json").stdout
+    epochs = run(stack, "events", job_id, "--kind", "epoch")
+    assert "test_accuracy=" in epochs.stdout and "step" in epochs.stdout
+    followed = run(stack, "events", job_id, "--follow", "--kind", "status")
+    assert "status=succeeded" in followed.stdout  # the stream ends after the terminal event
     table = run(stack, "artifacts", job_id)
     assert "final/model.pt" in table.stdout
     fetched = run(stack, "artifacts", job_id, "--download", str(tmp_path), "--through-api")
