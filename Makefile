@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test up down status install lint test-unit test-integration clean
+.PHONY: demo test up down status install lint test-unit test-integration clean bench
 
 demo: install up
 	$(PY) -m devstack.demo
@@ -42,6 +42,13 @@ system-deps:
 	  echo "installing redis-server (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+# Benchmarks: each compares against a baseline in the same run and prints the ratio.
+bench: install
+	$(PY) -m bench.overhead
+	$(PY) -m bench.book_speedup
+	$(PY) -m bench.book_memory
+	-$(PY) -m bench.gpu_memory_check
 
 lint: install
 	$(VENV)/bin/ruff check .

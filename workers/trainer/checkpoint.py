@@ -33,7 +33,13 @@ def save(
     store: ArtifactStore, keys: JobKeys, step: int, epoch: int, state: dict[str, Any]
 ) -> CheckpointManifest:
     """Write step-N.pt, then commit it by rewriting latest.json."""
-    data = to_bytes(state)
+    return save_bytes(store, keys, step, epoch, to_bytes(state))
+
+
+def save_bytes(
+    store: ArtifactStore, keys: JobKeys, step: int, epoch: int, data: bytes
+) -> CheckpointManifest:
+    """save() for a state already serialised (a snapshot taken on the training thread)."""
     ref = CheckpointRef(
         key=keys.checkpoint(step),
         step=step,

@@ -43,55 +43,73 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
 
     metrics: dict[str, float] = {}
     images, train_s, window = 0, 0.0, time.perf_counter()
-    while step < total:
-        epoch, done_in_epoch = divmod(step, len(batches))
-        for x, y in batches.epoch(epoch, skip=done_in_epoch):
-            with meter.first_step(recipe.state_dict):  # CPU: the profiler's tensor peak
-                losses = recipe.train_step(x, y)
-            step += 1
-            images += len(x)
-            if step % spec.log_every == 0 or step == total:
-                train_s += time.perf_counter() - window  # float() below syncs CUDA first
-                rate = {"images_per_s": images / train_s}
-                run.emit("step", step, epoch, {**losses, **rate, **meter.peak()})
-                window = time.perf_counter()
-            if step % spec.checkpoint_every == 0:
-                run.checkpoint(step, epoch, _state(recipe, step, epoch))
-            if step % spec.sample_every == 0:
-                run.sample(step, epoch, recipe.sample_grid())
-            if run.should_stop(step):  # cancel, shutdown or lost lease
-                raise run.stop(step, epoch, partial(_state, recipe, step, epoch))
-            if step == total:
-                break
-        metrics = recipe.evaluate()
-        run.emit("epoch", step, epoch, metrics, flush=True)
-        window = time.perf_counter()  # evaluation is not training time
+    with run:  # its background writer stops when we leave, however we leave
+        while step < total:
+            epoch, done_in_epoch = divmod(step, len(batches))
+            for x, y in batches.epoch(epoch, skip=done_in_epoch):
+                with meter.first_step(recipe.state_dict) as measured:  # the step's memory peak
+                    losses = _step(run, recipe, x, y)
+                step += 1
+                if measured and total > 1:  # a measurement, not training throughput
+                    window = time.perf_counter()
+                else:
+                    images += len(x)
+                if step % spec.log_every == 0 or step == total:
+                    train_s += time.perf_counter() - window  # float() below syncs CUDA first
+                    rate = {"images_per_s": images / train_s}
+                    run.emit("step", step, epoch, {**losses, **rate, **meter.peak()})
+                    window = time.perf_counter()
+                if step % spec.checkpoint_every == 0:
+                    run.checkpoint(step, epoch, _state(recipe, step, epoch))
+                if step % spec.sample_every == 0:
+                    run.sample(step, epoch, recipe.sample_grid())
+                if run.should_stop(step):  # cancel, shutdown or lost lease
+                    raise run.stop(step, epoch, partial(_state, recipe, step, epoch))
+                if step == total:
+                    break
+            metrics = recipe.evaluate()
+            run.emit("epoch", step, epoch, metrics, flush=True)
+            window = time.perf_counter()  # evaluation is not training time
 
-    epoch = (step - 1) // len(batches)
-    run.checkpoint(step, epoch, _state(recipe, step, epoch))
-    run.sample(step, epoch, recipe.sample_grid())
+        epoch = (step - 1) // len(batches)
+        run.checkpoint(step, epoch, _state(recipe, step, epoch))
+        run.sample(step, epoch, recipe.sample_grid())
+        run.drain()  # every checkpoint and grid written before the final artifacts
+        summary = JobSummary(
+            job_id=run.job_id,
+            task=spec.task,
+            model=spec.model,
+            dataset=spec.dataset,
+            steps=step,
+            epochs=epoch + 1,
+            wall_s=train_s,
+            images_per_s=images / max(train_s, 1e-9),
+            metrics=metrics or recipe.evaluate(),
+            memory=meter.report(run.predicted_peak_bytes),
+        )
+        _write_results(run, recipe, summary, meter.summary_text())
+        run.emit("memory", step, epoch, meter.peak(), info={"note": summary.memory.note})
+        run.flush()
+    return summary
+
+
+def _step(run: Run, recipe: Recipe, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    try:
+        return recipe.train_step(x, y)
+    except torch.OutOfMemoryError:
+        run.drain()  # commit what is in flight: the retry resumes from the newest checkpoint
+        raise
+
+
+def _write_results(run: Run, recipe: Recipe, summary: JobSummary, cuda_table: str | None) -> None:
+    """final/model.pt, reports (confusion matrix), memory.json (+ the CUDA table), summary."""
     run.put_model(recipe.export())
     for name, (payload, content_type) in recipe.reports().items():
         run.store.put_bytes(run.keys.report(name), payload, content_type)
-    summary = JobSummary(
-        job_id=run.job_id,
-        task=spec.task,
-        model=spec.model,
-        dataset=spec.dataset,
-        steps=step,
-        epochs=epoch + 1,
-        wall_s=train_s,
-        images_per_s=images / max(train_s, 1e-9),
-        metrics=metrics or recipe.evaluate(),
-        memory=meter.report(run.predicted_peak_bytes),
-    )
     run.put_json(run.keys.memory, summary.memory)
-    if (table := meter.summary_text()) is not None:
-        run.put_text(run.keys.memory_summary, table)
+    if cuda_table is not None:
+        run.put_text(run.keys.memory_summary, cuda_table)
     run.put_json(run.keys.summary, summary)
-    run.emit("memory", step, epoch, meter.peak(), info={"note": summary.memory.note})
-    run.flush()
-    return summary
 
 
 def _state(recipe: Recipe, step: int, epoch: int) -> dict[str, Any]:

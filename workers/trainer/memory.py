@@ -92,23 +92,28 @@ class MemoryMeter:
         else:
             _reset_host_peak()
 
-    def first_step(self, live: Callable[[], dict[str, Any]]) -> AbstractContextManager[None]:
+    def first_step(self, live: Callable[[], dict[str, Any]]) -> AbstractContextManager[bool]:
         """Around a training step: measures the first one's peak tensor bytes (the state alive
         before it plus its highest extra allocation) — by the allocator's peak counter on CUDA,
         by the profiler on CPU. `live` gives that state (called only when measuring)."""
         if self.step_peak:
-            return contextlib.nullcontext()
+            return contextlib.nullcontext(False)
         self.step_peak["peak_step_tensor_bytes"] = 0  # measure once
         if self.cuda:
             return self._cuda_step_peak(tensor_bytes(live().values()))
-        return profile_tensor_peak(live().values(), self.step_peak)
+        return self._profiled(live().values())
 
     @contextlib.contextmanager
-    def _cuda_step_peak(self, state_bytes: int) -> Iterator[None]:
+    def _profiled(self, live: Iterable[Any]) -> Iterator[bool]:
+        with profile_tensor_peak(live, self.step_peak):
+            yield True
+
+    @contextlib.contextmanager
+    def _cuda_step_peak(self, state_bytes: int) -> Iterator[bool]:
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)  # data + state
         torch.cuda.reset_peak_memory_stats(self.device)
-        yield
+        yield True
         torch.cuda.synchronize(self.device)
         extra = torch.cuda.max_memory_allocated(self.device) - before
         self.step_peak["peak_step_tensor_bytes"] = state_bytes + extra

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import io
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +37,45 @@ class JobStopped(Exception):
         self.reason = reason
 
 
+class Uploader:
+    """One background thread that writes artifacts in order, so training never waits on
+    object storage. A failure is raised on the training thread at its next submit or drain."""
+
+    def __init__(self) -> None:
+        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="uploader", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            try:
+                if self.error is None:  # after a failure, later writes are skipped
+                    task()
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.tasks.task_done()
+        self.tasks.task_done()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._raise()
+        self.tasks.put(task)  # blocks when 4 are pending: bounded memory, gentle backpressure
+
+    def drain(self) -> None:
+        """Wait until everything submitted is written; raise what failed."""
+        self.tasks.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.tasks.put(None)
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 class Run:
     """One job's outputs: artifacts under jobs/{id}/ in `store`, events to `sink`."""
 
@@ -55,8 +96,10 @@ class Run:
         # The planner's prediction for this device, set by the worker: memory.json compares.
         self.predicted_peak_bytes: int | None = None
         self._pending: list[JobEvent] = []
+        self._events_lock = threading.Lock()  # the uploader thread emits too
         self._last_flush = time.monotonic()
         self._last_checkpoint_step = -1
+        self.uploader = Uploader()
 
     @classmethod
     def local(cls, root: str | Path = "runs", job_id: str | None = None) -> LocalRun:
@@ -78,15 +121,31 @@ class Run:
         event = JobEvent(
             kind=kind, time=time.time(), step=step, epoch=epoch, metrics=values, info=info or {}
         )
-        self._pending.append(event)
+        with self._events_lock:
+            self._pending.append(event)
         if flush or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self.sink(batch)
-        self._last_flush = time.monotonic()
+        with self._events_lock:
+            if self._pending:
+                batch, self._pending = self._pending, []
+                self.sink(batch)
+            self._last_flush = time.monotonic()
+
+    def drain(self) -> None:
+        """Wait for background writes (checkpoints, grids) and publish pending events."""
+        self.uploader.drain()
+        self.flush()
+
+    def close(self) -> None:
+        self.uploader.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # --- stopping
 
@@ -99,6 +158,8 @@ class Run:
         reason = self.stop_reason or "cancel"
         if reason == "shutdown":
             self.checkpoint(step, epoch, state())
+        if reason != "lease_lost":
+            self.drain()  # the hand-back checkpoint is committed before the job is requeued
         self.emit("log", step, epoch, info={"stopped": reason}, flush=reason != "lease_lost")
         return JobStopped(step, reason)
 
@@ -110,10 +171,17 @@ class Run:
         # Events up to a committed checkpoint are published first: a worker that dies after
         # the commit leaves no gap, since its successor resumes from this step.
         self.flush()
-        self.before_commit(step)
-        manifest = checkpoint.save(self.store, self.keys, step, epoch, state)
+        data = checkpoint.to_bytes(state)  # the snapshot, taken here; the writes go behind
+
+        def commit() -> None:
+            self.before_commit(step)
+            manifest = checkpoint.save_bytes(self.store, self.keys, step, epoch, data)
+            self.emit(
+                "checkpoint", step, epoch, info={"key": manifest.key, "sha256": manifest.sha256}
+            )
+
+        self.uploader.submit(commit)
         self._last_checkpoint_step = step
-        self.emit("checkpoint", step, epoch, info={"key": manifest.key, "sha256": manifest.sha256})
 
     def before_commit(self, step: int) -> None:
         """Called before a checkpoint is committed; a job's run checks its lease here."""
@@ -125,11 +193,16 @@ class Run:
         return found
 
     def sample(self, step: int, epoch: int, grid: Tensor) -> None:
-        buf = io.BytesIO()
-        save_image(grid, buf, format="png")
-        key = self.keys.sample(step)
-        self.store.put_bytes(key, buf.getvalue(), "image/png")
-        self.emit("sample", step, epoch, info={"key": key})
+        grid = grid.detach().cpu()
+
+        def write() -> None:
+            buf = io.BytesIO()
+            save_image(grid, buf, format="png")
+            key = self.keys.sample(step)
+            self.store.put_bytes(key, buf.getvalue(), "image/png")
+            self.emit("sample", step, epoch, info={"key": key})
+
+        self.uploader.submit(write)
 
     def put_model(self, state: dict[str, Any]) -> None:
         self.store.put_bytes(self.keys.final_model, checkpoint.to_bytes(state))
