@@ -46,8 +46,13 @@ system-deps:
 # Benchmarks: each compares against a baseline in the same run and prints the ratio.
 bench: install
 	$(PY) -m bench.overhead
+	$(PY) -m bench.end_to_end
 	$(PY) -m bench.book_speedup
+	$(PY) -m bench.dispatch
+	$(PY) -m bench.api_load
+	$(PY) -m bench.checkpoint_io
 	$(PY) -m bench.book_memory
+	-$(PY) -m bench.gpu_speed
 	-$(PY) -m bench.gpu_memory_check
 
 lint: install

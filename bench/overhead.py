@@ -10,44 +10,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
+from bench.bare import bare_loop
 from shared.schemas import ClassifierSpec
-from workers.trainer.data import Batches, load_dataset
+from workers.trainer.data import load_dataset
 from workers.trainer.loop import fit
-from workers.trainer.models import build_model
 from workers.trainer.run import Run
-
-
-def bare(steps: int, batch: int) -> float:
-    """The loop a person would write: preloaded tensors, Adam, BCELoss on one-hot."""
-    torch.manual_seed(0)
-    data = load_dataset("mnist-5k")
-    x_all, y_all = data.train_x.float().div_(255), data.train_y
-    model = build_model("book_cnn")
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    loss_fn = nn.BCELoss()
-    batches = Batches(x_all, y_all, batch, seed=0)
-    done, started = 0, 0.0
-    epoch = 0
-    while done < steps:
-        for x, y in batches.epoch(epoch):
-            loss = loss_fn(model(x), F.one_hot(y, 10).float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done == 1:  # like fit(), which profiles its first step: time from the second
-                started = time.perf_counter()
-            if done == steps:
-                break
-        epoch += 1
-    loss.item()
-    return (steps - 1) * batch / (time.perf_counter() - started)
 
 
 def pipeline(steps: int, batch: int) -> float:
@@ -71,11 +41,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     load_dataset("mnist-5k")
-    bare(20, args.batch)  # warm-up: thread pools, allocator
+    bare_loop(20, args.batch)  # warm-up: thread pools, allocator
     pipeline(20, args.batch)
     rates: dict[str, list[float]] = {"bare": [], "fit": []}
     for _ in range(args.runs):  # interleaved, so drift affects both alike
-        rates["bare"].append(bare(args.steps, args.batch))
+        rates["bare"].append(bare_loop(args.steps, args.batch).images_per_s)
         rates["fit"].append(pipeline(args.steps, args.batch))
     b, f = statistics.median(rates["bare"]), statistics.median(rates["fit"])
     print(

@@ -158,8 +158,11 @@ def cmd_events(api: Client, args: argparse.Namespace) -> int:
             continue
         values = " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())
         info = " ".join(f"{k}={v}" for k, v in event.info.items())
-        out.print(f"{event.id}  {event.kind:<10} step {event.step:>6}  {values} {info}",
-                  markup=False, highlight=False)
+        out.print(
+            f"{event.id}  {event.kind:<10} step {event.step:>6}  {values} {info}",
+            markup=False,
+            highlight=False,
+        )
     return 0
 
 
@@ -272,8 +275,9 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("events", help="a job's event history (metrics, status, ...)")
     e.add_argument("job_id")
-    e.add_argument("--kind", choices=["status", "step", "epoch", "checkpoint", "sample",
-                                      "memory", "log"])
+    e.add_argument(
+        "--kind", choices=["status", "step", "epoch", "checkpoint", "sample", "memory", "log"]
+    )
     e.add_argument("--follow", action="store_true", help="stream live until the job ends")
     e.set_defaults(run=cmd_events)
 

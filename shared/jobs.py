@@ -70,6 +70,14 @@ class RedisKeys:
     def owner_active(self, owner: str) -> str:
         return f"{self.prefix}:owner:{owner}:active"
 
+    def queued(self, queue: str | None) -> str:
+        """Queued jobs of one queue (a memory class's, or the default), ordered by when they
+        entered `queued`: a job's place in line is its ZRANK, O(log n)."""
+        return f"{self.prefix}:queued:{queue or ''}"
+
+    def owner_queued(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:queued"
+
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:events"
 
@@ -136,12 +144,32 @@ class Acquired:
     detail: str = ""
 
 
+# Every script that moves a job into or out of `queued` keeps two indexes in step, so that
+# neither a job's place in line nor an owner's count of queued jobs needs a scan:
+# {prefix}:queued:{queue} (ZSET, score = order of entering `queued`) and
+# {prefix}:owner:{owner}:queued (SET). `prefix` is passed as a key, with its colon.
+_QUEUED_INDEX = """
+local function index_queued(prefix, job, on)
+  local f = redis.call('HMGET', job, 'id', 'queue', 'owner')
+  local id, queue, owner = f[1], f[2] or '', f[3] or ''
+  if on then
+    redis.call('ZADD', prefix .. 'queued:' .. queue, redis.call('INCR', prefix .. 'queued:seq'), id)
+    redis.call('SADD', prefix .. 'owner:' .. owner .. ':queued', id)
+  else
+    redis.call('ZREM', prefix .. 'queued:' .. queue, id)
+    redis.call('SREM', prefix .. 'owner:' .. owner .. ':queued', id)
+  end
+end
+"""
+
 # Move a job to a target status if its current status is an allowed source, optionally only
 # while the caller holds the lease (fencing), and set fields, in one atomic step.
-# KEYS: job, lease, active set, owner key prefix, stats.
+# KEYS: job, lease, active set, owner key prefix, stats, key prefix.
 # ARGV: target, token ('' = unfenced), release ('1'/'0'), terminal ('1'/'0'), n_sources,
 # sources..., field, value, ...
-_TRANSITION = """
+_TRANSITION = (
+    _QUEUED_INDEX
+    + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'missing', ''} end
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return {'fenced', cur} end
@@ -151,6 +179,8 @@ for i = 6, 5 + n do
     local fields = {'status', ARGV[1]}
     for j = 6 + n, #ARGV do fields[#fields + 1] = ARGV[j] end
     redis.call('HSET', KEYS[1], unpack(fields))
+    local queued = ARGV[1] == 'queued'
+    if (cur == 'queued') ~= queued then index_queued(KEYS[6], KEYS[1], queued) end
     if ARGV[3] == '1' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
     if ARGV[4] == '1' then
       redis.call('SREM', KEYS[3], KEYS[1])
@@ -163,11 +193,15 @@ for i = 6, 5 + n do
 end
 return {'illegal', cur}
 """
+)
 
 # Take a job: it must be queued, or running with no live lease (its worker died). Counts the
 # attempt; refuses past the budget (attempts that did not end in a graceful requeue).
-# KEYS: job, lease, fence, lease log. ARGV: worker, ttl_ms, max_attempts, now, terminal...
-_ACQUIRE = """
+# KEYS: job, lease, fence, lease log, key prefix. ARGV: worker, ttl_ms, max_attempts, now,
+# terminal...
+_ACQUIRE = (
+    _QUEUED_INDEX
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 for i = 5, #ARGV do if status == ARGV[i] then return {'finished', status} end end
@@ -185,6 +219,7 @@ local token = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts + 1, 'worker', ARGV[1],
            'fence', fence)
+if status == 'queued' then index_queued(KEYS[5], KEYS[1], false) end
 if not redis.call('HGET', KEYS[1], 'started_at') then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[4])
 end
@@ -192,6 +227,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'event', 'acquired', 'work
            'fence', fence, 'attempt', attempts + 1, 'time', ARGV[4])
 return {'ok', token, tostring(fence), tostring(attempts + 1)}
 """
+)
 
 # KEYS: lease. ARGV: token, ttl_ms.
 _RENEW = """
@@ -209,27 +245,28 @@ return 1
 """
 
 # A running job whose lease expired (its worker died) goes back to the queue.
-# KEYS: job, lease, lease log. ARGV: now.
-_RECLAIM = """
+# KEYS: job, lease, lease log, key prefix. ARGV: now.
+_RECLAIM = (
+    _QUEUED_INDEX
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[1])
+index_queued(KEYS[4], KEYS[1], true)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'event', 'reclaimed', 'time', ARGV[1])
 return 1
 """
+)
 
 # Create a queued job unless its owner already has ARGV[3] (> 0) queued jobs.
-# KEYS: job, all jobs by time, owner's jobs by time, active, owner's active, stats.
-# ARGV: job id, score, cap, field, value, ...
-_CREATE = """
+# KEYS: job, all jobs by time, owner's jobs by time, active, owner's active, stats, owner's
+# queued, key prefix. ARGV: job id, score, cap, field, value, ...
+_CREATE = (
+    _QUEUED_INDEX
+    + """
 local cap = tonumber(ARGV[3])
-local queued = 0
-if cap > 0 then
-  for _, key in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-    if redis.call('HGET', key, 'status') == 'queued' then queued = queued + 1 end
-  end
-  if queued >= cap then return {'full', queued} end
-end
+local queued = redis.call('SCARD', KEYS[7])
+if cap > 0 and queued >= cap then return {'full', queued} end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
@@ -238,8 +275,10 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], KEYS[1])
 redis.call('SADD', KEYS[5], KEYS[1])
 redis.call('HINCRBY', KEYS[6], 'submitted', 1)
+index_queued(KEYS[8], KEYS[1], true)
 return {'ok', queued}
 """
+)
 
 _JSON_FIELDS = ("spec", "result", "pending")
 
@@ -319,6 +358,8 @@ class JobRegistry:
                 k.active(),
                 k.owner_active(owner),
                 k.stats(),
+                k.owner_queued(owner),
+                f"{k.prefix}:",
             ],
             args=[job.id, _score(now), max_queued or 0, *_flatten(fields)],
         )
@@ -414,6 +455,7 @@ class JobRegistry:
                 self.keys.active(),
                 f"{self.keys.prefix}:owner:",
                 self.keys.stats(),
+                f"{self.keys.prefix}:",
             ],
             args=[
                 target.value,
@@ -463,6 +505,11 @@ class JobRegistry:
         pipe.execute()
         return self.get(job_id)
 
+    def queue_position(self, job: JobPublic) -> int | None:
+        """1 for the next queued job of its queue to be taken; None when it is not queued."""
+        rank: Any = self.redis.zrank(self.keys.queued(job.queue), job.id)
+        return None if rank is None else int(rank) + 1
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.field(job_id, "cancel_requested") == "1"
 
@@ -472,7 +519,13 @@ class JobRegistry:
         """Take the job's lease and mark it running, if nobody holds it and budget remains."""
         k = self.keys
         reply = self._acquire(
-            keys=[k.job(job_id), k.lease(job_id), k.fence(job_id), k.lease_log(job_id)],
+            keys=[
+                k.job(job_id),
+                k.lease(job_id),
+                k.fence(job_id),
+                k.lease_log(job_id),
+                f"{k.prefix}:",
+            ],
             args=[
                 worker,
                 int(ttl_s * 1000),
@@ -515,7 +568,7 @@ class JobRegistry:
         k = self.keys
         return bool(
             self._reclaim(
-                keys=[k.job(job_id), k.lease(job_id), k.lease_log(job_id)],
+                keys=[k.job(job_id), k.lease(job_id), k.lease_log(job_id), f"{k.prefix}:"],
                 args=[utcnow().isoformat()],
             )
         )

@@ -187,6 +187,8 @@ class Planner:
         self.redis, self.celery, self.settings, self.workers = redis, celery, settings, workers
         self.keys = RedisKeys(settings.KEY_PREFIX)
         self.classes = parse_classes(settings.MEMORY_CLASSES)
+        # A probe never changes for its key (model + data shape): parsed once per process.
+        self._parsed: dict[str, ProbeResult] = {}
 
     def probe(
         self,
@@ -196,9 +198,14 @@ class Planner:
     ) -> ProbeResult | None:
         """The cached probe, or a fresh one from a planner worker (None if none answers)."""
         key = plan_key(spec, image, num_classes)
+        if key in self._parsed:
+            return self._parsed[key]
         cached = self.redis.get(self.keys.plan_cache(key))
         if cached is not None:
-            return ProbeResult.model_validate_json(cached)
+            if len(self._parsed) >= 1024:
+                self._parsed.clear()
+            self._parsed[key] = ProbeResult.model_validate_json(cached)
+            return self._parsed[key]
         if self.settings.PLAN_TIMEOUT_S <= 0:
             return None
         reply = self.keys.plan_reply(uuid.uuid4().hex)

@@ -76,16 +76,6 @@ def _job_id_of(raw: bytes | str) -> str | None:
         return None
 
 
-def queue_position(redis: Redis, queue: str, job_id: str) -> int | None:
-    """1 for the next job a worker takes; None when the job's message is not waiting."""
-    # Kombu LPUSHes and workers BRPOP: the oldest message is at the right end.
-    waiting = list(redis.lrange(queue, 0, -1))
-    for position, raw in enumerate(reversed(waiting), start=1):
-        if _job_id_of(raw) == job_id:
-            return position
-    return None
-
-
 def broker_job_ids(redis: Redis, queue: str) -> set[str]:
     """Job ids with a message waiting in the queue or delivered and not yet acknowledged."""
     raws = list(redis.lrange(queue, 0, -1)) + list(redis.hvals("unacked"))

@@ -10,7 +10,6 @@ from statistics import median
 from redis import Redis
 
 from shared.jobs import JobRegistry, RedisKeys, _text
-from shared.queue import queue_position
 from shared.schemas import JobPublic, PendingInfo, WorkerPublic
 
 ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
@@ -38,29 +37,29 @@ class WorkerRegistry:
         self.redis.hdel(self.keys.workers(), name)
 
     def online(self) -> list[WorkerPublic]:
+        """Workers seen within ONLINE_WITHIN_S, with the job each is busy with (2 round trips)."""
         now = time.time()
-        found = []
-        for raw in self.redis.hvals(self.keys.workers()):
-            record = json.loads(raw)
-            if now - float(record.get("seen", 0)) <= ONLINE_WITHIN_S:
-                busy = self.redis.get(self.keys.worker_busy(record["name"]))
-                found.append(
-                    WorkerPublic.model_validate(
-                        {**record, "busy_with": _text(busy) if busy else None}
-                    )
-                )
+        records = [json.loads(raw) for raw in self.redis.hvals(self.keys.workers())]
+        records = [r for r in records if now - float(r.get("seen", 0)) <= ONLINE_WITHIN_S]
+        if not records:
+            return []
+        busy: list[bytes | None] = self.redis.mget(  # type: ignore[assignment]
+            [self.keys.worker_busy(r["name"]) for r in records]
+        )
+        found = [
+            WorkerPublic.model_validate({**r, "busy_with": _text(b) if b else None})
+            for r, b in zip(records, busy, strict=True)
+        ]
         return sorted(found, key=lambda w: w.name)
 
 
-def pending_info(
-    job: JobPublic, registry: JobRegistry, workers: WorkerRegistry, default_queue: str
-) -> PendingInfo:
+def pending_info(job: JobPublic, registry: JobRegistry, workers: WorkerRegistry) -> PendingInfo:
     """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
     when one can be estimated from recent jobs' durations."""
     klass = job.memory_class or "cpu"
     online = [w for w in workers.online() if w.memory_class == klass]
     busy = sum(1 for w in online if w.busy_with)
-    position = queue_position(registry.redis, job.queue or default_queue, job.id)
+    position = registry.queue_position(job)
     eta = None
     if online and position is not None:
         recent = [d for d in _recent_durations(registry) if d > 0]

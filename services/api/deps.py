@@ -1,4 +1,7 @@
-"""Typed dependencies for route handlers; the clients live on app.state, made once at start."""
+"""Typed dependencies for route handlers; the clients live on app.state, made once at start.
+
+They do no I/O, so they are `async def`: FastAPI runs a plain `def` dependency in its thread
+pool, and a thread hop per dependency per request cost more than the work itself."""
 
 from __future__ import annotations
 
@@ -23,43 +26,43 @@ from shared.workers import WorkerRegistry
 bearer = HTTPBearer(auto_error=False, description="An owner's API token")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> JobRegistry:
+async def get_registry(request: Request) -> JobRegistry:
     return request.app.state.registry
 
 
-def get_events(request: Request) -> EventStream:
+async def get_events(request: Request) -> EventStream:
     return request.app.state.events
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def get_catalog(request: Request) -> DatasetCatalog:
+async def get_catalog(request: Request) -> DatasetCatalog:
     return request.app.state.catalog
 
 
-def get_workers(request: Request) -> WorkerRegistry:
+async def get_workers(request: Request) -> WorkerRegistry:
     return request.app.state.workers
 
 
-def get_planner(request: Request) -> Planner:
+async def get_planner(request: Request) -> Planner:
     return request.app.state.planner
 
 
-def get_async_redis(request: Request) -> AsyncRedis:
+async def get_async_redis(request: Request) -> AsyncRedis:
     return request.app.state.aredis
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
@@ -74,7 +77,7 @@ def get_principal(
     return principal
 
 
-def job_context(job_id: Annotated[str, Path(max_length=64, description="A job id")]) -> str:
+async def job_context(job_id: Annotated[str, Path(max_length=64, description="A job id")]) -> str:
     """The path's job id, also set as the log context: every log line names the job."""
     current_job.set(job_id)
     return job_id

@@ -63,3 +63,34 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path: Path) -> None:
     found = checkpoint.load_latest(store, keys)
     assert found is not None and found[0].step == 1  # fell back to the safe one
     assert not os.path.exists("/tmp/trainyard-pwned")
+
+
+def test_a_checkpoint_is_the_state_when_it_was_taken_not_when_it_was_written(
+    tmp_path: Path,
+) -> None:
+    """Serialising and uploading happen on background threads: training goes on changing the
+    weights in place meanwhile, and the checkpoint must not see those changes."""
+    import threading
+
+    from workers.trainer.run import Run
+
+    weights = torch.zeros(1000)
+    state = {"model": {"w": weights}, "opt": {"state": {0: {"m": weights * 0}}, "groups": [1]}}
+    with Run.local(tmp_path, "j") as run:
+        busy = threading.Event()
+        run.serializer.submit(busy.wait)  # the serialiser is still on an earlier checkpoint
+        run.checkpoint(1, 0, state)
+        weights.add_(1.0)  # the next optimiser step, before this checkpoint is serialised
+        busy.set()
+        run.drain()
+    found = checkpoint.load_latest(LocalArtifactStore(tmp_path), JobKeys("j"))
+    assert found is not None
+    assert torch.equal(found[1]["model"]["w"], torch.zeros(1000))
+    assert found[1]["opt"]["groups"] == [1]
+
+
+def test_snapshot_copies_tensors_and_keeps_structure() -> None:
+    t = torch.ones(2, requires_grad=True)
+    copy = checkpoint.snapshot({"a": [t, (t, 3)], "b": None})
+    assert copy["a"][1][1] == 3 and copy["b"] is None and isinstance(copy["a"][1], tuple)
+    assert copy["a"][0].data_ptr() != t.data_ptr() and not copy["a"][0].requires_grad

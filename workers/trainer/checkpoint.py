@@ -24,6 +24,25 @@ def to_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+def snapshot(obj: Any) -> Any:
+    """`obj` with every tensor replaced by a detached copy in host memory: a memcpy (or one
+    device-to-host copy) on the training thread, after which training may change the originals
+    while a background thread serialises and uploads the copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj  # numbers, strings, None: immutable
+
+
+def serialize(obj: Any) -> tuple[bytes, str]:
+    """(torch.save bytes, their sha256): the file and the digest its manifest commits."""
+    data = to_bytes(obj)
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def from_bytes(data: bytes) -> Any:
     # weights_only: a checkpoint is data, never code, whoever wrote it.
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -37,14 +56,19 @@ def save(
 
 
 def save_bytes(
-    store: ArtifactStore, keys: JobKeys, step: int, epoch: int, data: bytes
+    store: ArtifactStore,
+    keys: JobKeys,
+    step: int,
+    epoch: int,
+    data: bytes,
+    sha256: str | None = None,
 ) -> CheckpointManifest:
-    """save() for a state already serialised (a snapshot taken on the training thread)."""
+    """save() for a state already serialised (and maybe hashed)."""
     ref = CheckpointRef(
         key=keys.checkpoint(step),
         step=step,
         epoch=epoch,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
         size=len(data),
     )
     store.put_bytes(ref.key, data)

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +43,8 @@ class Uploader:
     object storage. A failure is raised on the training thread at its next submit or drain."""
 
     def __init__(self) -> None:
-        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=4)
+        # At most 2 writes wait (each may hold a checkpoint): bounded memory, gentle backpressure.
+        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="uploader", daemon=True)
         self.thread.start()
@@ -60,7 +62,7 @@ class Uploader:
 
     def submit(self, task: Callable[[], None]) -> None:
         self._raise()
-        self.tasks.put(task)  # blocks when 4 are pending: bounded memory, gentle backpressure
+        self.tasks.put(task)  # blocks while 2 are pending
 
     def drain(self) -> None:
         """Wait until everything submitted is written; raise what failed."""
@@ -100,6 +102,9 @@ class Run:
         self._last_flush = time.monotonic()
         self._last_checkpoint_step = -1
         self.uploader = Uploader()
+        # Checkpoints are serialised (torch.save, sha256) on a thread of their own, so one
+        # serialises while the one before it uploads.
+        self.serializer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-serializer")
 
     @classmethod
     def local(cls, root: str | Path = "runs", job_id: str | None = None) -> LocalRun:
@@ -140,6 +145,7 @@ class Run:
 
     def close(self) -> None:
         self.uploader.close()
+        self.serializer.shutdown(wait=False)
 
     def __enter__(self) -> Run:
         return self
@@ -171,11 +177,13 @@ class Run:
         # Events up to a committed checkpoint are published first: a worker that dies after
         # the commit leaves no gap, since its successor resumes from this step.
         self.flush()
-        data = checkpoint.to_bytes(state)  # the snapshot, taken here; the writes go behind
+        # The snapshot is taken here (tensor copies); serialising and writing go behind.
+        serialized = self.serializer.submit(checkpoint.serialize, checkpoint.snapshot(state))
 
         def commit() -> None:
+            data, sha256 = serialized.result()
             self.before_commit(step)
-            manifest = checkpoint.save_bytes(self.store, self.keys, step, epoch, data)
+            manifest = checkpoint.save_bytes(self.store, self.keys, step, epoch, data, sha256)
             self.emit(
                 "checkpoint", step, epoch, info={"key": manifest.key, "sha256": manifest.sha256}
             )

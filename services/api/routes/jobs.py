@@ -211,7 +211,7 @@ def get_job(
     """One job: status, progress, result; a queued job says why it waits."""
     job = registry.get_for(job_id, principal)
     if job.status is JobStatus.QUEUED:
-        job.pending = pending_info(job, registry, workers, settings.QUEUE)
+        job.pending = pending_info(job, registry, workers)
     return job
 
 

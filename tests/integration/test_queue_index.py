@@ -1,0 +1,62 @@
+"""The queued-jobs index the registry keeps in step with every status change (real Redis):
+a job's place in line is a ZRANK, an owner's queued count a SCARD, never a scan."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis import Redis
+
+from shared.jobs import JobRegistry, QueueFull
+from shared.schemas import ClassifierSpec
+from shared.status import JobStatus
+
+
+@pytest.fixture
+def reg(redis: Redis) -> JobRegistry:
+    return JobRegistry(redis, prefix=f"test-{uuid.uuid4().hex[:8]}")  # no worker looks here
+
+
+def _positions(reg: JobRegistry, ids: list[str]) -> list[int | None]:
+    return [reg.queue_position(reg.get(i)) for i in ids]
+
+
+def test_place_in_line_follows_every_way_in_and_out_of_queued(reg: JobRegistry) -> None:
+    ids = [reg.create(ClassifierSpec(), "ann").id for _ in range(4)]
+    assert _positions(reg, ids) == [1, 2, 3, 4]
+
+    lease = reg.acquire(ids[0], "w1", ttl_s=0.2, max_attempts=5).lease  # a worker takes it
+    assert lease is not None
+    reg.transition(ids[2], JobStatus.CANCELLED)  # cancelled while queued
+    assert _positions(reg, ids) == [None, 1, None, 2]
+
+    reg.redis.delete(reg.keys.lease(ids[0]))  # its worker died: the job goes back in line
+    assert reg.reclaim(ids[0])
+    assert _positions(reg, ids) == [3, 1, None, 2]
+
+    lease = reg.acquire(ids[0], "w2", ttl_s=30, max_attempts=5).lease
+    assert lease is not None
+    reg.transition(ids[0], JobStatus.QUEUED, lease, release=True)  # handed back on shutdown
+    assert _positions(reg, ids) == [3, 1, None, 2]
+
+    reg.acquire(ids[1], "w3", ttl_s=30, max_attempts=5)
+    assert _positions(reg, ids) == [2, None, None, 1]
+
+
+def test_memory_classes_queue_separately(reg: JobRegistry) -> None:
+    small = reg.create(ClassifierSpec(), "ann", queue="trainyard.small").id
+    big = reg.create(ClassifierSpec(), "ann", queue="trainyard.big").id
+    other = reg.create(ClassifierSpec(), "ann", queue="trainyard.small").id
+    assert _positions(reg, [small, big, other]) == [1, 1, 2]
+
+
+def test_owner_cap_counts_only_queued_jobs(reg: JobRegistry) -> None:
+    ids = [reg.create(ClassifierSpec(), "bob", max_queued=2).id for _ in range(2)]
+    with pytest.raises(QueueFull):
+        reg.create(ClassifierSpec(), "bob", max_queued=2)
+    reg.create(ClassifierSpec(), "carol", max_queued=2)  # another owner's line is separate
+    reg.acquire(ids[0], "w1", ttl_s=30, max_attempts=5)  # running no longer counts
+    reg.create(ClassifierSpec(), "bob", max_queued=2)
+    with pytest.raises(QueueFull):
+        reg.create(ClassifierSpec(), "bob", max_queued=2)
