@@ -139,3 +139,38 @@ def test_gan_micro_batches_train() -> None:
     metrics = recipe.train_step(data.train_x[:16], data.train_y[:16])
     assert set(metrics) == {"d_loss", "g_loss", "d_real", "d_fake"}
     assert all(torch.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("log_every", [1, 5, 10**6])
+def test_images_per_s_counts_every_training_step_and_no_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_every: int
+) -> None:
+    """On a clock where each training step takes 1 s and each evaluation 100 s, the rate is
+    exactly one batch per second, however the logging falls across epoch ends."""
+    import workers.trainer.loop as loop
+
+    clock = [0.0]
+    real_make_recipe = loop.make_recipe
+
+    def timed_recipe(*args: object, **kwargs: object) -> object:
+        recipe = real_make_recipe(*args, **kwargs)  # type: ignore[arg-type]
+        step, evaluate = recipe.train_step, recipe.evaluate
+
+        def train_step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            clock[0] += 1.0
+            return step(x, y)
+
+        def slow_evaluate() -> dict[str, float]:
+            clock[0] += 100.0
+            return evaluate()
+
+        recipe.train_step, recipe.evaluate = train_step, slow_evaluate  # type: ignore[method-assign]
+        return recipe
+
+    monkeypatch.setattr(loop, "make_recipe", timed_recipe)
+    monkeypatch.setattr(loop, "time", type("FakeTime", (), {"perf_counter": lambda: clock[0]}))
+    spec = SMOKE.model_copy(update={"log_every": log_every, "epochs": 3})  # 24 steps
+    summary = fit(spec, Run.local(tmp_path))
+    assert summary.steps == 24
+    assert summary.wall_s == pytest.approx(23.0)  # the first step is profiled, not counted
+    assert summary.images_per_s == pytest.approx(64.0)

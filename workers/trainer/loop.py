@@ -56,7 +56,7 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
                     images += len(x)
                 if step % spec.log_every == 0 or step == total:
                     train_s += time.perf_counter() - window  # float() below syncs CUDA first
-                    rate = {"images_per_s": images / train_s}
+                    rate = {"images_per_s": images / max(train_s, 1e-9)}
                     run.emit("step", step, epoch, {**losses, **rate, **meter.peak()})
                     window = time.perf_counter()
                 if step % spec.checkpoint_every == 0:
@@ -67,6 +67,7 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
                     raise run.stop(step, epoch, partial(_state, recipe, step, epoch))
                 if step == total:
                     break
+            train_s += time.perf_counter() - window  # the epoch's steps since the last log
             metrics = recipe.evaluate()
             run.emit("epoch", step, epoch, metrics, flush=True)
             window = time.perf_counter()  # evaluation is not training time
