@@ -184,6 +184,7 @@ class Run:
             data, sha256 = serialized.result()
             self.before_commit(step)
             manifest = checkpoint.save_bytes(self.store, self.keys, step, epoch, data, sha256)
+            self.after_commit(step)
             self.emit(
                 "checkpoint", step, epoch, info={"key": manifest.key, "sha256": manifest.sha256}
             )
@@ -193,6 +194,9 @@ class Run:
 
     def before_commit(self, step: int) -> None:
         """Called before a checkpoint is committed; a job's run checks its lease here."""
+
+    def after_commit(self, step: int) -> None:
+        """Called once latest.json names the checkpoint of `step`."""
 
     def restore(self) -> tuple[CheckpointRef, dict[str, Any]] | None:
         found = checkpoint.load_latest(self.store, self.keys)

@@ -52,6 +52,11 @@ class JobRun(Run):
 
     def before_commit(self, step: int) -> None:
         # A worker that lost its lease must not move latest.json: check just before writing.
+        if self.runner.registry.holder(self.job_id) != self.lease.token:
+            raise LeaseLost(f"job {self.job_id}: lease {self.lease.token} is no longer held")
+
+    def after_commit(self, step: int) -> None:
+        # The record names a checkpoint only once it is committed: what a successor resumes from.
         self.runner.registry.update(self.job_id, self.lease, checkpoint_step=step)
 
     def should_stop(self, step: int) -> bool:
