@@ -260,6 +260,8 @@ def test_oversize_json_is_413_and_stores_nothing(http: httpx.Client, client: Cli
 
 def test_queue_cap_per_owner_is_a_clear_429(as_user: dict[str, Client], client: Client) -> None:
     carol = as_user["carol"]
+    finished = client.wait(client.submit({**TINY, "max_steps": 1}).id, timeout=120)
+    assert finished.status is JobStatus.SUCCEEDED  # a recent duration, for the ETA below
     blocker = client.submit({**TINY, "max_steps": 2000, "batch_size": 1})  # keeps the worker busy
     wait_for(lambda: client.get(blocker.id).status is JobStatus.RUNNING, 60, "blocker running")
     queued = [carol.submit({**TINY, "seed": i}).id for i in range(QUEUE_CAP)]
@@ -274,7 +276,7 @@ def test_queue_cap_per_owner_is_a_clear_429(as_user: dict[str, Client], client: 
     assert last.pending is not None and last.pending.workers_online == 1
     assert last.pending.workers_busy == 1 and last.pending.queue_position is not None
     assert last.pending.queue_position >= QUEUE_CAP and "busy" in last.pending.reason
-    assert last.pending.eta_s is not None and last.pending.eta_s > 0  # earlier jobs give a median
+    assert last.pending.eta_s is not None and last.pending.eta_s > 0  # finished jobs' median
     for job_id in queued:
         carol.cancel(job_id)
     client.cancel(blocker.id)
