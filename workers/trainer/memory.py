@@ -4,6 +4,7 @@ the host's peak RSS and the profiler's peak tensor bytes of a training step."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 import resource
@@ -62,6 +63,19 @@ def tensor_bytes(tensors: Iterable[Any]) -> int:
 
 
 @contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Collect first, then keep the garbage collector out of a profiled block: the profiler
+    counts every free in the process, and a collection freeing unrelated tensors mid-step
+    would lower the measured peak."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@contextlib.contextmanager
 def profile_tensor_peak(live: Iterable[Any], out: dict[str, int]) -> Iterator[None]:
     """Measure the peak tensor bytes of the enclosed code with the PyTorch profiler.
 
@@ -69,7 +83,7 @@ def profile_tensor_peak(live: Iterable[Any], out: dict[str, int]) -> Iterator[No
     peaks at the block's transient high-water mark. `live` are the tensors alive before the
     block (parameters, optimiser state) whose bytes are added as the baseline."""
     baseline = tensor_bytes(live)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with no_gc(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     running = peak = 0

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 from shared.planning import Line, ProbeResult, upper_envelope
 from shared.schemas import JobSpec
 from workers.trainer.data import ImageData
-from workers.trainer.memory import tensor_bytes
+from workers.trainer.memory import no_gc, tensor_bytes
 from workers.trainer.recipes import make_recipe
 
 PROBE_BATCHES = (2, 3)
@@ -40,7 +40,7 @@ def timeline(
     data = _synthetic(image, num_classes, batch)
     recipe = make_recipe(spec, data, torch.device("cpu"))
     base = tensor_bytes(recipe.state_dict().values())
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with no_gc(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         recipe.train_step(data.train_x, data.train_y)
     events = sorted(
         (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
