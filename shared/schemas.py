@@ -23,6 +23,7 @@ from shared.zoo import BUILTIN_DATASETS, MODELS
 
 UPLOADED_DATASET = re.compile(r"^ds-[0-9a-f]{16}$")
 Side = Annotated[int, Field(ge=1, le=1024)]
+SPEED_FLAGS = ("amp", "channels_last", "compile")  # opt-in, off by default, fast mode only
 
 
 class _TrainSpec(BaseModel):
@@ -57,6 +58,22 @@ class _TrainSpec(BaseModel):
     log_every: int = Field(10, ge=1, le=100_000, description="Steps between metric events")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Opt-in speed-ups aimed at CUDA (they also run on CPU); fast mode only.
+    amp: bool = Field(
+        False,
+        description="Opt-in, aimed at CUDA: run the training forward passes under bf16 "
+        "autocast (losses stay float32, no GradScaler needed). Fast mode only",
+    )
+    channels_last: bool = Field(
+        False,
+        description="Opt-in, aimed at CUDA: keep conv weights and image batches in the "
+        "channels_last memory format (no effect on fully-connected models). Fast mode only",
+    )
+    compile: bool = Field(
+        False,
+        description="Opt-in, aimed at CUDA: torch.compile the model(s) for training; the "
+        "first steps pay the compilation, checkpoints are unchanged. Fast mode only",
+    )
 
     # Fast-mode defaults per task; book mode takes the book's (BOOK.md) instead.
     FAST_DEFAULTS: ClassVar[dict[str, Any]] = {}
@@ -81,6 +98,10 @@ class _TrainSpec(BaseModel):
                 raise _field_error("batch_size", "book mode trains with batch size 1, as the book")
             if self.lr != book_lr:
                 raise _field_error("lr", f"book mode uses the book's lr {book_lr}")
+            if flags := self.speed_flags():
+                raise _field_error(
+                    flags[0], "book mode is the book's exact recipe (float32, eager); use fast mode"
+                )
         return self
 
     @field_validator("dataset")
@@ -90,6 +111,10 @@ class _TrainSpec(BaseModel):
             known = ", ".join(BUILTIN_DATASETS)
             raise ValueError(f"unknown data set {value!r}: use {known}, or an uploaded id (ds-...)")
         return value
+
+    def speed_flags(self) -> list[str]:
+        """The opt-in speed flags that are on, in SPEED_FLAGS order."""
+        return [flag for flag in SPEED_FLAGS if getattr(self, flag)]
 
     def crop_hw(self) -> tuple[int, int] | None:
         return _hw(self.crop)
@@ -313,6 +338,10 @@ class JobSummary(BaseModel):
     wall_s: float
     images_per_s: float
     metrics: dict[str, float]
+    speed: list[str] = Field(
+        default_factory=list,
+        description="Opt-in speed flags in effect: amp, channels_last, compile",
+    )
     memory: MemoryReport
 
 

@@ -106,6 +106,28 @@ CASES = [
     ),
     Case("resize too big", {"task": "gan", "resize": 5000}, "resize"),
     Case("no task", {"epochs": 3}, "task"),
+    Case(
+        "speed flags are off by default",
+        {"task": "gan"},
+        expect={"amp": False, "channels_last": False, "compile": False},
+    ),
+    Case(
+        "speed flags in fast mode",
+        {"task": "cgan", "amp": True, "channels_last": True, "compile": True},
+        expect={"amp": True, "channels_last": True, "compile": True},
+    ),
+    Case("book mode refuses amp", {"task": "classifier", "mode": "book", "amp": True}, "amp"),
+    Case(
+        "book mode refuses channels_last",
+        {"task": "gan", "mode": "book", "channels_last": True},
+        "channels_last",
+    ),
+    Case(
+        "book mode refuses compile",
+        {"task": "cgan", "model": "book_cgan", "mode": "book", "compile": True},
+        "compile",
+    ),
+    Case("amp as text", {"task": "classifier", "amp": "bf16"}, "amp"),
 ]
 
 

@@ -38,6 +38,7 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
             "device": str(device),
             "resumed_from": step,
             "micro_batch": micro_batch or spec.batch_size,
+            "speed": spec.speed_flags(),  # opt-in amp / channels_last / compile in effect
         },
     )
 
@@ -86,6 +87,7 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
             wall_s=train_s,
             images_per_s=images / max(train_s, 1e-9),
             metrics=metrics or recipe.evaluate(),
+            speed=spec.speed_flags(),
             memory=meter.report(run.predicted_peak_bytes),
         )
         _write_results(run, recipe, summary, meter.summary_text())

@@ -17,6 +17,7 @@ from shared.schemas import JobSpec
 from workers.trainer.data import ImageData
 from workers.trainer.memory import no_gc, tensor_bytes
 from workers.trainer.recipes import make_recipe
+from workers.trainer.speed import plain
 
 PROBE_BATCHES = (2, 3)
 CUDA_BLOCK = 512  # the caching allocator rounds every block up to a multiple of 512 bytes
@@ -34,9 +35,13 @@ def timeline(
 ) -> tuple[list[int], list[int]]:
     """Live tensor bytes after each allocation or free of one fresh training step, as the
     host measures them and as CUDA's allocator would round them. Starts from the state alive
-    before the step (parameters, buffers)."""
+    before the step (parameters, buffers).
+
+    The step is the plain float32 eager one, whatever the spec's speed flags (amp,
+    channels_last, compile): plan_key does not tell them apart, so one cached probe serves
+    every setting, and compiling would cost the planner tens of seconds per probe."""
     torch.manual_seed(0)
-    spec = spec.model_copy(update={"batch_size": batch})
+    spec = plain(spec).model_copy(update={"batch_size": batch})
     data = _synthetic(image, num_classes, batch)
     recipe = make_recipe(spec, data, torch.device("cpu"))
     base = tensor_bytes(recipe.state_dict().values())

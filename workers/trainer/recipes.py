@@ -19,6 +19,7 @@ from shared.zoo import MODELS
 from workers.trainer.data import ImageData, Prepare
 from workers.trainer.models import build_gan, build_model
 from workers.trainer.models.gans import LATENT
+from workers.trainer.speed import Forward, training_forward
 
 EVAL_BATCH = 500
 GRID_COLUMNS = 8
@@ -58,6 +59,7 @@ class ClassifierRecipe:
         self.micro = micro_batch or spec.batch_size
         with device:  # parameters are created on the device: no host copy, and traceable
             self.model = build_model(spec.model)
+        self.train_forward = training_forward(spec, self.model, device)  # the speed flags
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.loss_fn = nn.BCELoss()
         self.outputs = 10  # the book's models have 10 outputs whatever the data set
@@ -69,7 +71,8 @@ class ClassifierRecipe:
         total = torch.zeros((), device=x.device)
         for xs, ys in zip(x.split(self.micro), y.split(self.micro), strict=True):
             share = len(xs) / len(x)  # mean over the whole batch, whatever the split
-            loss = self.loss_fn(self.model(self.prepare(xs)), F.one_hot(ys, self.outputs).float())
+            out = self.train_forward(self.prepare(xs))
+            loss = self.loss_fn(out, F.one_hot(ys, self.outputs).float())
             (loss * share).backward()
             total += loss.detach() * share
         self.optimizer.step()
@@ -163,6 +166,9 @@ class GanRecipe:
         activation = spec.activation if isinstance(spec, GanSpec) else "leaky_relu"
         with device:
             self.D, self.G = build_gan(spec.model, (c, h, w), self.classes, activation)
+        # Training passes go through the speed flags; evaluation and grids use D and G as they are.
+        self.train_d = training_forward(spec, self.D, device)
+        self.train_g = training_forward(spec, self.G, device)
         # Book: Adam with default betas at the book's lr. Fast: the DCGAN recipe (beta1 0.5).
         betas = (0.9, 0.999) if self.book else (0.5, 0.999)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr, betas=betas)
@@ -188,10 +194,10 @@ class GanRecipe:
         return self._one_hot(torch.randint(self.data.num_classes, (n,), device=self.device))
 
     def _d(self, x: Tensor, label: Tensor | None) -> Tensor:
-        return self.D(x, label) if self.classes else self.D(x)
+        return _call(self.train_d, x, label)
 
     def _g(self, z: Tensor, label: Tensor | None) -> Tensor:
-        return self.G(z, label) if self.classes else self.G(z)
+        return _call(self.train_g, z, label)
 
     def _seed(self, n: int) -> Tensor:
         return torch.randn(n, LATENT, device=self.device)
@@ -279,16 +285,16 @@ class GanRecipe:
         n = len(self.fixed_z)  # as many real images as fixed seeds
         x, y = self.data.test_x[:n], self.data.test_y[:n]
         real_label = self._one_hot(y) if self.classes else None
-        fake = self._g(self.fixed_z, self.fixed_labels)
+        fake = _call(self.G, self.fixed_z, self.fixed_labels)
         return {
-            "test_d_real": self._d(self.prepare(x), real_label).mean().item(),
-            "test_d_fake": self._d(fake, self.fixed_labels).mean().item(),
+            "test_d_real": _call(self.D, self.prepare(x), real_label).mean().item(),
+            "test_d_fake": _call(self.D, fake, self.fixed_labels).mean().item(),
         }
 
     @torch.no_grad()
     def sample_grid(self) -> Tensor:
         self.G.eval()
-        images = self._g(self.fixed_z, self.fixed_labels)  # (R * 8, C, H, W)
+        images = _call(self.G, self.fixed_z, self.fixed_labels)  # (R * 8, C, H, W)
         return make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=0.5)
 
     def reports(self) -> dict[str, tuple[bytes, str]]:
@@ -327,6 +333,11 @@ def make_recipe(
     if isinstance(spec, ClassifierSpec):
         return ClassifierRecipe(spec, data, device, micro_batch)
     return GanRecipe(spec, data, device, micro_batch)
+
+
+def _call(model: Forward, x: Tensor, label: Tensor | None) -> Tensor:
+    """A conditional model takes the one-hot label too; labels are None when unconditional."""
+    return model(x) if label is None else model(x, label)
 
 
 def _part(t: Tensor | None, c: slice) -> Tensor | None:
