@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -112,13 +114,27 @@ def get_settings() -> Settings:
     return Settings()
 
 
+_CLIENT_OPTIONS = {
+    "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
+    "health_check_interval": 15,
+}
+
+
 def connect_redis(settings: Settings) -> Redis:
     """A Redis client that rides out a restart: commands retry with backoff for ~30 s."""
     return Redis.from_url(
         settings.REDIS_URL,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=15,
+        **_CLIENT_OPTIONS,
+    )
+
+
+def connect_async_redis(settings: Settings) -> AsyncRedis:
+    """The asyncio twin of connect_redis, for the API's hot paths and SSE (same retries)."""
+    return AsyncRedis.from_url(
+        settings.REDIS_URL,
+        retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=30),
+        **_CLIENT_OPTIONS,  # type: ignore[arg-type]
     )

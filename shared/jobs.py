@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.auth import Principal
 from shared.schemas import JobPublic, JobSpec, JobSpecAdapter
@@ -258,9 +259,10 @@ return 1
 """
 )
 
-# Create a queued job unless its owner already has ARGV[3] (> 0) queued jobs.
+# Create a queued job unless its owner already has ARGV[3] (> 0) queued jobs, and push its
+# broker message (ARGV[4], unless empty) onto the broker queue: created and enqueued at once.
 # KEYS: job, all jobs by time, owner's jobs by time, active, owner's active, stats, owner's
-# queued, key prefix. ARGV: job id, score, cap, field, value, ...
+# queued, key prefix, broker queue. ARGV: job id, score, cap, message, field, value, ...
 _CREATE = (
     _QUEUED_INDEX
     + """
@@ -268,7 +270,7 @@ local cap = tonumber(ARGV[3])
 local queued = redis.call('SCARD', KEYS[7])
 if cap > 0 and queued >= cap then return {'full', queued} end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
@@ -276,6 +278,7 @@ redis.call('SADD', KEYS[4], KEYS[1])
 redis.call('SADD', KEYS[5], KEYS[1])
 redis.call('HINCRBY', KEYS[6], 'submitted', 1)
 index_queued(KEYS[8], KEYS[1], true)
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[9], ARGV[4]) end
 return {'ok', queued}
 """
 )
@@ -303,9 +306,14 @@ def _flatten(fields: dict[str, Any]) -> list[str]:
 class JobRegistry:
     """Job records as Redis hashes, a sorted set for newest-first listing, leases for workers."""
 
-    def __init__(self, redis: Redis, prefix: str = "trainyard") -> None:
+    def __init__(
+        self, redis: Redis, prefix: str = "trainyard", aredis: AsyncRedis | None = None
+    ) -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
+        # The API's hot paths (submit, read) use the asyncio client: no thread hop per request.
+        self._aredis = aredis
+        self._acreate = aredis.register_script(_CREATE) if aredis is not None else None
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._acquire = redis.register_script(_ACQUIRE)
@@ -315,16 +323,16 @@ class JobRegistry:
 
     # --- records
 
-    def create(
+    def _new(
         self,
         spec: JobSpec,
         owner: str,
         job_id: str | None = None,
         max_queued: int | None = None,
+        message: tuple[str, str] | None = None,
         **extra: Any,
-    ) -> JobPublic:
-        """Store a new queued job for `owner` and return its record; QueueFull when the owner
-        already has `max_queued` queued jobs (checked and created atomically)."""
+    ) -> tuple[JobPublic, list[str], list[Any]]:
+        """A new job's record, and the _CREATE script's keys and arguments that store it."""
         now = utcnow()
         job = JobPublic(
             id=job_id or new_job_id(),
@@ -350,36 +358,69 @@ class JobRegistry:
             **{k: v for k, v in extra.items() if v is not None},  # routing, predictions
         }
         k = self.keys
-        outcome, queued = self._create(
-            keys=[
-                k.job(job.id),
-                k.jobs_by_time(),
-                k.owner_jobs(owner),
-                k.active(),
-                k.owner_active(owner),
-                k.stats(),
-                k.owner_queued(owner),
-                f"{k.prefix}:",
-            ],
-            args=[job.id, _score(now), max_queued or 0, *_flatten(fields)],
-        )
-        if _text(outcome) == "full":
-            raise QueueFull(owner, int(queued), max_queued or 0)
-        return job
+        keys = [
+            k.job(job.id),
+            k.jobs_by_time(),
+            k.owner_jobs(owner),
+            k.active(),
+            k.owner_active(owner),
+            k.stats(),
+            k.owner_queued(owner),
+            f"{k.prefix}:",
+            message[0] if message else f"{k.prefix}:no-queue",
+        ]
+        payload = message[1] if message else ""
+        return job, keys, [job.id, _score(now), max_queued or 0, payload, *_flatten(fields)]
+
+    def create(
+        self,
+        spec: JobSpec,
+        owner: str,
+        job_id: str | None = None,
+        max_queued: int | None = None,
+        message: tuple[str, str] | None = None,
+        **extra: Any,
+    ) -> JobPublic:
+        """Store a new queued job for `owner` and return its record; QueueFull when the owner
+        already has `max_queued` queued jobs (checked and created atomically). `message`
+        (broker queue, payload) is pushed in the same step: see shared.queue.training_message."""
+        job, keys, args = self._new(spec, owner, job_id, max_queued, message, **extra)
+        return _created(job, self._create(keys=keys, args=args), max_queued)
+
+    async def acreate(
+        self,
+        spec: JobSpec,
+        owner: str,
+        job_id: str | None = None,
+        max_queued: int | None = None,
+        message: tuple[str, str] | None = None,
+        **extra: Any,
+    ) -> JobPublic:
+        """create() on the asyncio client."""
+        assert self._acreate is not None, "JobRegistry was made without an asyncio client"
+        job, keys, args = self._new(spec, owner, job_id, max_queued, message, **extra)
+        return _created(job, await self._acreate(keys=keys, args=args), max_queued)
 
     def get(self, job_id: str) -> JobPublic:
         """The job's record; JobNotFound if there is none."""
-        raw = self.redis.hgetall(self.keys.job(job_id))
-        if not raw:
-            raise JobNotFound(job_id)
-        return self._decode(raw)
+        return _found(job_id, self.redis.hgetall(self.keys.job(job_id)))
+
+    async def aget(self, job_id: str) -> JobPublic:
+        """get() on the asyncio client."""
+        return _found(job_id, await self.aredis.hgetall(self.keys.job(job_id)))
 
     def get_for(self, job_id: str, principal: Principal) -> JobPublic:
         """The job, if `principal` may see it; JobNotFound otherwise (ids do not leak)."""
-        job = self.get(job_id)
-        if not principal.can_see(job.owner):
-            raise JobNotFound(job_id)
-        return job
+        return _visible(self.get(job_id), principal)
+
+    async def aget_for(self, job_id: str, principal: Principal) -> JobPublic:
+        """get_for() on the asyncio client."""
+        return _visible(await self.aget(job_id), principal)
+
+    @property
+    def aredis(self) -> AsyncRedis:
+        assert self._aredis is not None, "JobRegistry was made without an asyncio client"
+        return self._aredis
 
     def field(self, job_id: str, name: str) -> str | None:
         value = self.redis.hget(self.keys.job(job_id), name)
@@ -510,6 +551,11 @@ class JobRegistry:
         rank: Any = self.redis.zrank(self.keys.queued(job.queue), job.id)
         return None if rank is None else int(rank) + 1
 
+    async def aqueue_position(self, job: JobPublic) -> int | None:
+        """queue_position() on the asyncio client."""
+        rank: Any = await self.aredis.zrank(self.keys.queued(job.queue), job.id)
+        return None if rank is None else int(rank) + 1
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.field(job_id, "cancel_requested") == "1"
 
@@ -582,6 +628,25 @@ class JobRegistry:
         data["spec"] = JobSpecAdapter.validate_python(data["spec"])
         data["cancel_requested"] = data.get("cancel_requested") == "1"
         return JobPublic.model_validate({k: v for k, v in data.items() if v != ""})
+
+
+def _created(job: JobPublic, reply: Any, max_queued: int | None) -> JobPublic:
+    outcome, queued = reply
+    if _text(outcome) == "full":
+        raise QueueFull(job.owner or "", int(queued), max_queued or 0)
+    return job
+
+
+def _found(job_id: str, raw: dict[Any, Any]) -> JobPublic:
+    if not raw:
+        raise JobNotFound(job_id)
+    return JobRegistry._decode(raw)
+
+
+def _visible(job: JobPublic, principal: Principal) -> JobPublic:
+    if not principal.can_see(job.owner):
+        raise JobNotFound(job.id)
+    return job
 
 
 def _text(value: Any) -> str:

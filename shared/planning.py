@@ -9,6 +9,7 @@ envelope of those lines is kept: a handful of (a, b) pairs per model and data sh
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -220,7 +221,18 @@ class Planner:
     def route(self, spec: JobSpec, image: tuple[int, int, int], num_classes: int) -> Routing:
         """Predict and pick a class; NoClassFits (with the numbers) if none can hold the job."""
         found = self.probe(spec, image, num_classes)
-        online = {w.memory_class for w in self.workers.online()}
+        return self._route(spec, found, {w.memory_class for w in self.workers.online()})
+
+    async def aroute(self, spec: JobSpec, image: tuple[int, int, int], num_classes: int) -> Routing:
+        """route() for the API's event loop: no thread when the probe is already parsed here
+        (every job after a model's first); otherwise route() in a thread, as it may wait for a
+        planner worker."""
+        found = self._parsed.get(plan_key(spec, image, num_classes))
+        if found is None:
+            return await asyncio.to_thread(self.route, spec, image, num_classes)
+        return self._route(spec, found, {w.memory_class for w in await self.workers.aonline()})
+
+    def _route(self, spec: JobSpec, found: ProbeResult | None, online: set[str]) -> Routing:
         default = queue_for("cpu", self.settings.QUEUE)
         if found is None:  # no planner answered: run unplanned on the default queue
             return Routing(

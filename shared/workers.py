@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from statistics import median
+from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.jobs import JobRegistry, RedisKeys, _text
 from shared.schemas import JobPublic, PendingInfo, WorkerPublic
@@ -16,9 +19,14 @@ ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
 
 
 class WorkerRegistry:
-    def __init__(self, redis: Redis, prefix: str = "trainyard") -> None:
+    CACHE_S = 1.0  # how stale aonline() may be
+    def __init__(
+        self, redis: Redis, prefix: str = "trainyard", aredis: AsyncRedis | None = None
+    ) -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
+        self._aredis = aredis  # the API's hot paths read with it
+        self._cached: tuple[float, list[WorkerPublic]] = (-1e9, [])
 
     def heartbeat(self, name: str, info: dict[str, object] | None = None) -> None:
         """Called by each worker every few seconds (from its event loop)."""
@@ -38,31 +46,67 @@ class WorkerRegistry:
 
     def online(self) -> list[WorkerPublic]:
         """Workers seen within ONLINE_WITHIN_S, with the job each is busy with (2 round trips)."""
-        now = time.time()
-        records = [json.loads(raw) for raw in self.redis.hvals(self.keys.workers())]
-        records = [r for r in records if now - float(r.get("seen", 0)) <= ONLINE_WITHIN_S]
+        records = _fresh(self.redis.hvals(self.keys.workers()))
         if not records:
             return []
-        busy: list[bytes | None] = self.redis.mget(  # type: ignore[assignment]
-            [self.keys.worker_busy(r["name"]) for r in records]
-        )
-        found = [
-            WorkerPublic.model_validate({**r, "busy_with": _text(b) if b else None})
-            for r, b in zip(records, busy, strict=True)
-        ]
-        return sorted(found, key=lambda w: w.name)
+        return _with_busy(records, self.redis.mget(self._busy_keys(records)))
+
+    async def aonline(self) -> list[WorkerPublic]:
+        """online() on the asyncio client, at most CACHE_S old: the API asks on every submit
+        and every read of a queued job, and the answer moves with 5 s heartbeats."""
+        assert self._aredis is not None, "WorkerRegistry was made without an asyncio client"
+        taken, found = self._cached
+        if time.monotonic() - taken < self.CACHE_S:
+            return found
+        records = _fresh(await self._aredis.hvals(self.keys.workers()))
+        busy = await self._aredis.mget(self._busy_keys(records)) if records else []
+        found = _with_busy(records, busy)
+        self._cached = (time.monotonic(), found)
+        return found
+
+    def _busy_keys(self, records: list[dict[str, Any]]) -> list[str]:
+        return [self.keys.worker_busy(r["name"]) for r in records]
 
 
-def pending_info(job: JobPublic, registry: JobRegistry, workers: WorkerRegistry) -> PendingInfo:
+def _fresh(raws: Any) -> list[dict[str, Any]]:
+    now = time.time()
+    records = [json.loads(raw) for raw in raws]
+    return [r for r in records if now - float(r.get("seen", 0)) <= ONLINE_WITHIN_S]
+
+
+def _with_busy(records: list[dict[str, Any]], busy: Any) -> list[WorkerPublic]:
+    found = [
+        WorkerPublic.model_validate({**r, "busy_with": _text(b) if b else None})
+        for r, b in zip(records, busy, strict=True)
+    ]
+    return sorted(found, key=lambda w: w.name)
+
+
+async def pending_info(
+    job: JobPublic, registry: JobRegistry, workers: WorkerRegistry
+) -> PendingInfo:
     """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
     when one can be estimated from recent jobs' durations."""
+    online = await workers.aonline()
+    position = await registry.aqueue_position(job)
+    needs_eta = position is not None and bool(_of_class(job, online))
+    recent = await _recent_durations(registry) if needs_eta else []
+    return _pending(job, online, position, recent)
+
+
+def _of_class(job: JobPublic, workers: list[WorkerPublic]) -> list[WorkerPublic]:
+    return [w for w in workers if w.memory_class == (job.memory_class or "cpu")]
+
+
+def _pending(
+    job: JobPublic, workers: list[WorkerPublic], position: int | None, durations: list[float]
+) -> PendingInfo:
     klass = job.memory_class or "cpu"
-    online = [w for w in workers.online() if w.memory_class == klass]
+    online = _of_class(job, workers)
     busy = sum(1 for w in online if w.busy_with)
-    position = registry.queue_position(job)
     eta = None
     if online and position is not None:
-        recent = [d for d in _recent_durations(registry) if d > 0]
+        recent = [d for d in durations if d > 0]
         if recent:
             rounds = (position - 1 + busy) / len(online) + 1  # jobs ahead per worker, then ours
             eta = round(rounds * median(recent), 1)
@@ -89,19 +133,23 @@ def pending_info(job: JobPublic, registry: JobRegistry, workers: WorkerRegistry)
     )
 
 
-def _recent_durations(registry: JobRegistry, sample: int = 50) -> list[float]:
-    ids = [_text(i) for i in registry.redis.zrevrange(registry.keys.jobs_by_time(), 0, sample - 1)]
-    pipe = registry.redis.pipeline()
+async def _recent_durations(registry: JobRegistry, sample: int = 50) -> list[float]:
+    ids = await registry.aredis.zrevrange(registry.keys.jobs_by_time(), 0, sample - 1)
+    pipe = registry.aredis.pipeline()
     for job_id in ids:
-        pipe.hmget(registry.keys.job(job_id), "status", "started_at", "finished_at")
-    durations = []
-    from datetime import datetime
+        pipe.hmget(registry.keys.job(_text(job_id)), *_TIMES)
+    return _durations(await pipe.execute())
 
-    for status, started, finished in pipe.execute():
-        if status == b"succeeded" and started and finished:
-            durations.append(
-                (
-                    datetime.fromisoformat(_text(finished)) - datetime.fromisoformat(_text(started))
-                ).total_seconds()
-            )
-    return durations
+
+_TIMES = ("status", "started_at", "finished_at")
+
+
+def _durations(rows: list[Any]) -> list[float]:
+    """Run times in seconds of the succeeded jobs among (status, started_at, finished_at)."""
+    return [
+        (
+            datetime.fromisoformat(_text(finished)) - datetime.fromisoformat(_text(started))
+        ).total_seconds()
+        for status, started, finished in rows
+        if status == b"succeeded" and started and finished
+    ]

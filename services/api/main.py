@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis as AsyncRedis
 
 from services.api import errors
 from services.api.limits import JsonBodyLimit
@@ -14,7 +13,7 @@ from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.routes import datasets, health, jobs, ui
 from shared.auth import TokenTable
 from shared.catalog import DatasetCatalog
-from shared.config import Settings, connect_redis, get_settings
+from shared.config import Settings, connect_async_redis, connect_redis, get_settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry
 from shared.logs import setup_json_logging
@@ -32,13 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_json_logging()
-        redis = connect_redis(settings)
+        redis, aredis = connect_redis(settings), connect_async_redis(settings)
         app.state.settings = settings
         app.state.tokens = tokens
-        app.state.registry = JobRegistry(redis, settings.KEY_PREFIX)
+        app.state.registry = JobRegistry(redis, settings.KEY_PREFIX, aredis)
         app.state.events = EventStream(redis, settings.KEY_PREFIX)
-        app.state.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
-        app.state.aredis = AsyncRedis.from_url(settings.REDIS_URL)  # for SSE's blocking reads
+        app.state.workers = WorkerRegistry(redis, settings.KEY_PREFIX, aredis)
+        app.state.aredis = aredis  # the hot paths' reads and writes, and SSE's blocking reads
         app.state.store = S3ArtifactStore.from_settings(settings)
         app.state.catalog = DatasetCatalog(redis, app.state.store, settings.KEY_PREFIX)
         app.state.celery = make_celery(settings)

@@ -7,13 +7,14 @@ has no worker at all."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack.stack import Stack, StackConfig
 from shared.client import ApiError, Client
+from shared.schemas import PendingInfo
 from shared.status import JobStatus
 from shared.workers import WorkerRegistry
 from tests.conftest import wait_for
@@ -102,16 +103,28 @@ def test_why_pending_with_no_busy_and_idle_workers(api: Client, routed: Stack) -
     pending = api.get(waiting.id).pending
     assert pending is not None and pending.workers_online == 0
     assert pending.reason == "no worker of memory class gpu-huge is online"
+
+    def pending_when(ready: Callable[[PendingInfo], bool]) -> PendingInfo:
+        # The API's view of the workers may be up to WorkerRegistry.CACHE_S old.
+        seen: list[PendingInfo | None] = []
+
+        def check() -> bool:
+            seen.append(api.get(waiting.id).pending)
+            return seen[-1] is not None and ready(seen[-1])
+
+        wait_for(check, 5 * WorkerRegistry.CACHE_S, "the pending reason to follow the workers")
+        assert seen[-1] is not None
+        return seen[-1]
+
     # An idle worker of that class appears (its heartbeat): online 1, busy 0, first in line.
     registry = WorkerRegistry(routed.redis_client())
     registry.heartbeat("idle-huge", {"memory_class": "gpu-huge"})
-    pending = api.get(waiting.id).pending
-    assert pending is not None and (pending.workers_online, pending.workers_busy) == (1, 0)
+    pending = pending_when(lambda p: p.workers_online == 1)
+    assert (pending.workers_online, pending.workers_busy) == (1, 0)
     assert pending.queue_position == 1 and pending.reason == "0 jobs ahead in the queue"
     # ... and busy with something else: the reason says so.
     registry.set_busy("idle-huge", "another-job", ttl_s=30)
-    pending = api.get(waiting.id).pending
-    assert pending is not None and pending.workers_busy == 1
+    pending = pending_when(lambda p: p.workers_busy == 1)
     assert pending.reason.startswith("all 1 gpu-huge workers are busy")
     registry.forget("idle-huge")
     api.cancel(waiting.id)

@@ -37,7 +37,7 @@ from shared.catalog import DatasetCatalog, DatasetNotFound
 from shared.events import decode_entry
 from shared.jobs import InvalidCursor, JobRegistry, QueueFull, _text, new_job_id
 from shared.planning import NoClassFits
-from shared.queue import enqueue_training
+from shared.queue import training_message
 from shared.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -51,7 +51,7 @@ from shared.schemas import (
 from shared.status import JobStatus
 from shared.storage import ArtifactNotFound, JobKeys
 from shared.workers import pending_info
-from shared.zoo import MODELS, DatasetInfo, fit_problem
+from shared.zoo import BUILTIN_DATASETS, MODELS, DatasetInfo, fit_problem
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -70,14 +70,13 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": JobPublic, "description": "Replay of an Idempotency-Key"}},
 )
-def submit_job(
+async def submit_job(
     spec: Annotated[JobSpec, Body()],
     response: Response,
     principal: PrincipalDep,
     registry: RegistryDep,
     catalog: CatalogDep,
     celery: CeleryDep,
-    events: EventsDep,
     settings: SettingsDep,
     planner: PlannerDep,
     idempotency_key: Annotated[
@@ -88,25 +87,29 @@ def submit_job(
     """Queue a training job (201); a replayed Idempotency-Key returns the same job (200).
     Its peak memory is predicted first and it is routed to a worker class that can hold it;
     a job no configured class can hold is a 422 with the numbers."""
-    info = _check_fits(spec, catalog, principal.owner)
+    info = await _check_fits(spec, catalog, principal.owner)
     try:
-        routing = planner.route(spec, info.image, info.num_classes)
+        routing = await planner.aroute(spec, info.image, info.num_classes)
     except NoClassFits as exc:
         raise RequestValidationError(
             [{"type": "memory", "msg": str(exc), "loc": ("body", spec.task, "batch_size")}]
         ) from exc
     job_id = new_job_id()
     if idempotency_key is not None:
-        replay = _claim_key(registry, principal.owner, idempotency_key, spec, job_id, settings)
+        replay = await _claim_key(
+            registry, principal.owner, idempotency_key, spec, job_id, settings
+        )
         if replay is not None:
             response.status_code = status.HTTP_200_OK
             return replay
+    queue = routing.queue or settings.QUEUE
     try:
-        job = registry.create(
+        job = await registry.acreate(
             spec,
             principal.owner,
             job_id,
             settings.MAX_QUEUED_PER_OWNER,
+            message=(queue, training_message(celery, job_id, queue)),  # enqueued atomically
             memory_class=routing.memory_class,
             queue=routing.queue,
             predicted_peak_cpu_bytes=routing.cpu_bytes,
@@ -114,20 +117,14 @@ def submit_job(
         )
     except QueueFull as exc:
         if idempotency_key is not None:
-            registry.redis.delete(registry.keys.idempotency(principal.owner, idempotency_key))
+            key = registry.keys.idempotency(principal.owner, idempotency_key)
+            await registry.aredis.delete(key)
         raise ApiProblem(429, str(exc), headers={"Retry-After": "30"}) from exc
     JOBS_SUBMITTED.labels(task=spec.task).inc()
-    try:
-        enqueue_training(celery, job.id, routing.queue or settings.QUEUE)
-    except Exception as exc:  # broker down: say so, and do not leave a job nobody will run
-        log.exception("could not enqueue job %s", job.id)
-        registry.transition(job.id, JobStatus.FAILED, error=f"could not enqueue: {exc}")
-        _status_event(events, job.id, JobStatus.FAILED, "the job queue was unavailable")
-        raise ApiProblem(503, "the job queue is unavailable; try again") from exc
     return job
 
 
-def _claim_key(
+async def _claim_key(
     registry: JobRegistry, owner: str, key: str, spec: JobSpec, job_id: str, settings: SettingsDep
 ) -> JobPublic | None:
     """Record key -> (body digest, job id) unless already recorded. Returns the existing job
@@ -139,9 +136,9 @@ def _claim_key(
     digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
     redis_key = registry.keys.idempotency(owner, key)
     mine = json.dumps({"digest": digest, "job_id": job_id})
-    if registry.redis.set(redis_key, mine, nx=True, ex=settings.IDEMPOTENCY_TTL_S):
+    if await registry.aredis.set(redis_key, mine, nx=True, ex=settings.IDEMPOTENCY_TTL_S):
         return None
-    stored = json.loads(registry.redis.get(redis_key) or mine)
+    stored = json.loads(await registry.aredis.get(redis_key) or mine)
     if stored["digest"] != digest:
         raise ApiProblem(
             409,
@@ -151,9 +148,9 @@ def _claim_key(
         )
     for _ in range(50):  # the first request may still be creating it
         try:
-            return registry.get(stored["job_id"])
+            return await registry.aget(stored["job_id"])
         except KeyError:
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
     raise ApiProblem(
         409,
         "the first request with this Idempotency-Key did not complete; retry with a new key",
@@ -162,11 +159,13 @@ def _claim_key(
     )
 
 
-def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> DatasetInfo:
+async def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> DatasetInfo:
     """The data set's shape; 422 when it is unknown or the model cannot take its images
     (e.g. book_conv_gan on 28x28 without resize)."""
+    info = BUILTIN_DATASETS.get(spec.dataset)
     try:
-        info = catalog.info(spec.dataset, owner)
+        if info is None:  # an upload: its record is in Redis
+            info = await asyncio.to_thread(catalog.info, spec.dataset, owner)
     except DatasetNotFound as exc:
         _invalid(spec, "dataset", f"{exc}: upload it first (POST /v1/datasets)")
     problem = fit_problem(MODELS[spec.model], info, spec.crop_hw(), spec.resize_hw())
@@ -201,17 +200,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(
-    job_id: JobIdDep,
-    principal: PrincipalDep,
-    registry: RegistryDep,
-    workers: WorkersDep,
-    settings: SettingsDep,
+async def get_job(
+    job_id: JobIdDep, principal: PrincipalDep, registry: RegistryDep, workers: WorkersDep
 ) -> JobPublic:
     """One job: status, progress, result; a queued job says why it waits."""
-    job = registry.get_for(job_id, principal)
+    job = await registry.aget_for(job_id, principal)
     if job.status is JobStatus.QUEUED:
-        job.pending = pending_info(job, registry, workers)
+        job.pending = await pending_info(job, registry, workers)
     return job
 
 
