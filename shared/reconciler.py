@@ -20,8 +20,7 @@ from celery import Celery
 
 from shared.config import Settings
 from shared.events import EventStream
-from shared.jobs import JobNotFound, JobRegistry, utcnow
-from shared.planning import all_queues
+from shared.jobs import JobRegistry, _text, utcnow
 from shared.queue import broker_job_ids, enqueue_training
 from shared.schemas import JobEvent
 
@@ -47,26 +46,29 @@ class Reconciler:
         )
         if not lock:
             return done  # another replica is on it
-        in_broker: set[str] = set()
-        for queue in all_queues(self.settings):
-            in_broker |= broker_job_ids(self.registry.redis, queue)
-        for job_id in self.registry.active_ids():
-            try:
-                job = self.registry.get(job_id)
-            except JobNotFound:
-                self.registry.redis.srem(
-                    self.registry.keys.active(), self.registry.keys.job(job_id)
-                )
+        grace = self.settings.RECONCILE_GRACE_S
+        redis, keys = self.registry.redis, self.registry.keys
+        ids = self.registry.active_ids()
+        pipe = redis.pipeline(transaction=False)  # one round trip, four fields a job
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), "status", "queue", "enqueued_at", "created_at")
+        waiting: dict[str, str] = {}  # queued past the grace period: is its message there?
+        for job_id, (status, queue_, enqueued, created) in zip(ids, pipe.execute(), strict=True):
+            if status is None:  # the record is gone
+                redis.srem(keys.active(), keys.job(job_id))
                 continue
-            queue = job.queue or self.settings.QUEUE
-            if job.status.value == "running" and self.registry.reclaim(job_id):
+            queue = _text(queue_) if queue_ else self.settings.QUEUE
+            if status == b"running" and self.registry.reclaim(job_id):
                 self._resend(job_id, queue, "its worker stopped renewing the lease (lost)")
                 done["reclaimed"].append(job_id)
-            elif (
-                job.status.value == "queued"
-                and job_id not in in_broker
-                and _age_s(job.enqueued_at or job.created_at) > self.settings.RECONCILE_GRACE_S
-            ):
+            elif status == b"queued" and _age_s(_text(enqueued or created)) > grace:
+                waiting[job_id] = queue
+        # Scanning the broker reads every message: only when some job has waited that long.
+        in_broker: set[str] = set()
+        for queue in set(waiting.values()):
+            in_broker |= broker_job_ids(redis, queue)
+        for job_id, queue in waiting.items():
+            if job_id not in in_broker:
                 self.registry.update(job_id, enqueued_at=utcnow())
                 self._resend(job_id, queue, "its queue message was lost")
                 done["resent"].append(job_id)
@@ -101,5 +103,5 @@ class Reconciler:
                 log.exception("reconciler pass failed")
 
 
-def _age_s(when: datetime) -> float:
-    return (utcnow() - when).total_seconds()
+def _age_s(iso: str) -> float:
+    return (utcnow() - datetime.fromisoformat(iso)).total_seconds()
