@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 from celery import Celery
+from kombu.serialization import dumps as kombu_dumps
 from redis import Redis
 
 from shared.config import Settings
@@ -57,6 +59,36 @@ def _transport_options(settings: Settings) -> dict[str, float]:
 def enqueue_training(app: Celery, job_id: str, queue: str) -> None:
     """Put one training job on the queue."""
     app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+
+
+def training_message(app: Celery, job_id: str, queue: str) -> str:
+    """The broker message `enqueue_training` would LPUSH onto `queue`, for the API to push in
+    the same Redis script that creates the job: created and enqueued atomically, in one round
+    trip (kombu's publish is synchronous and cost more CPU than the rest of a submit).
+
+    Celery builds the task message (its protocol 2 headers and body); only the envelope is
+    kombu's Redis transport's, as `Channel.basic_publish` writes it for a priority-0 message
+    (tests/integration/test_queue_message.py compares it with a real send_task's)."""
+    task_id = str(uuid.uuid4())
+    task = app.amqp.create_task_message(
+        task_id, TRAIN_TASK, [job_id], {}, reply_to=app.thread_oid, ignore_result=None
+    )
+    content_type, encoding, body = kombu_dumps(task.body, serializer="json")
+    envelope = {
+        "body": base64.b64encode(body.encode() if isinstance(body, str) else body).decode(),
+        "content-encoding": encoding,
+        "content-type": content_type,
+        "headers": task.headers,
+        "properties": {
+            **task.properties,
+            "delivery_mode": 2,  # persistent, as Celery sends
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope)
 
 
 def _job_id_of(raw: bytes | str) -> str | None:

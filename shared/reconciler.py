@@ -3,8 +3,10 @@
 - a `running` job whose lease expired: its worker died (kill -9, OOM killer, node loss)
   without handing it back. It goes back to `queued` and gets a new message; the next worker
   resumes from its last checkpoint.
-- a `queued` job with no message in the broker (lost in a crash between the record and the
-  send, or dropped as a duplicate while a dead worker's lease was still live): re-sent.
+- a `queued` job with no message in the broker (a requeue lost in a crash between the status
+  move and the send, or dropped as a duplicate while a dead worker's lease was still live):
+  re-sent. A submission cannot lose it: the API creates the job and pushes its message in
+  one Redis script.
 
 Duplicate messages are harmless: a worker only trains a job whose lease it takes. Runs in the
 API process; a Redis lock makes one replica do each pass."""
