@@ -30,15 +30,16 @@ def main() -> None:
     quiet = {"checkpoint_every": 10**6, "sample_every": 10**6, "log_every": 1000, "device": "cpu"}
     # Measure each mode's rate on a short run, then give each the same training time budget.
     book_rate = run(ClassifierSpec(mode="book", max_steps=2000, **quiet))[0]
-    fast_rate = run(ClassifierSpec(max_steps=200, **quiet))[0]
+    fast_spec = ClassifierSpec(max_steps=100, **quiet)  # fast mode's defaults
+    fast_rate = run(fast_spec)[0]
     book_steps = int(book_rate * args.seconds)  # batch 1: one image per step
-    fast_steps = int(fast_rate * args.seconds / 64)
+    fast_steps = int(fast_rate * args.seconds / fast_spec.batch_size)
     book = run(ClassifierSpec(mode="book", epochs=100, max_steps=book_steps, **quiet))
     fast = run(ClassifierSpec(epochs=1000, max_steps=fast_steps, **quiet))
     print(f"book_cnn on mnist-5k, {args.seconds:.0f} s of training each (CPU)")
     for name, (rate, acc, steps, wall) in (
         ("book (batch 1, lr 1e-3)", book),
-        ("fast (batch 64, lr 1e-2)", fast),
+        (f"fast (batch {fast_spec.batch_size}, lr {fast_spec.lr:g})", fast),
     ):
         print(
             f"  {name:<26} {rate:>9,.0f} images/s  {steps:>6} steps in {wall:5.1f} s  "

@@ -129,7 +129,7 @@ class ClassifierSpec(_TrainSpec):
     task: Literal["classifier"] = "classifier"
     model: Literal["book_cnn", "book_mlp"] = "book_cnn"
 
-    FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 1e-2, "epochs": 10}
+    FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 128, "lr": 1e-2, "epochs": 10}
 
 
 class GanSpec(_TrainSpec):

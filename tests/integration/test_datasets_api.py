@@ -199,6 +199,6 @@ def test_torchvision_sets_load_from_the_object_store_cache(
         client.submit({"task": "classifier", "dataset": name, "epochs": 1}).id, timeout=300
     )
     assert job.status is JobStatus.SUCCEEDED, job.error
-    assert job.total_steps == 63  # 4,000 cached training images in batches of 64
+    assert job.total_steps == 32  # 4,000 cached training images in batches of 128
     cached = stack.config.root / "data" / name / cls.__name__ / "raw"
     assert (cached / "train-images-idx3-ubyte").exists()

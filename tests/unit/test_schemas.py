@@ -21,7 +21,7 @@ CASES = [
     Case(
         "defaults",
         {"task": "classifier"},
-        expect={"model": "book_cnn", "dataset": "mnist-5k", "batch_size": 64, "epochs": 10},
+        expect={"model": "book_cnn", "dataset": "mnist-5k", "batch_size": 128, "epochs": 10},
     ),
     Case(
         "full",
@@ -59,7 +59,7 @@ CASES = [
     Case(
         "fast classifier defaults",
         {"task": "classifier"},
-        expect={"mode": "fast", "batch_size": 64, "lr": 1e-2, "epochs": 10},
+        expect={"mode": "fast", "batch_size": 128, "lr": 1e-2, "epochs": 10},
     ),
     Case(
         "book classifier",
