@@ -1,7 +1,9 @@
 """The GPU check of issue 9, one script: fast-mode book_cnn on the full MNIST size (60,000
 training images, made from mnist-5k's 4,000 by random shifts) — images/s and seconds per
 epoch; book_conv_gan at batch 1 (the book's recipe) and batch 64 — steps/s and the peak
-memory of training vs the book's 0.2036 GB.
+memory of training vs the book's 0.2036 GB. Fast-mode runs are repeated with each of
+`--speed`'s flag sets (default: none, then amp + channels_last), so the opt-in flags are
+measured on the GPU the day one is lent.
 
     python -m bench.gpu_speed                 # needs CUDA (exit 2 without it)
     python -m bench.gpu_speed --device cpu --images 640 --gan-steps 1 --gan-batches 1  # smoke
@@ -44,9 +46,20 @@ def mnist_sized(n: int, seed: int = 0) -> ImageData:
     return ImageData("mnist-60k", x, y, base.test_x, base.test_y, base.classes)
 
 
-def classifier(device: torch.device, images: int, epochs: int) -> None:
+def flag_sets(text: str) -> list[dict[str, bool]]:
+    """ "none,amp+channels_last" -> [{}, {"amp": True, "channels_last": True}]"""
+    return [
+        {} if part == "none" else dict.fromkeys(part.split("+"), True) for part in text.split(",")
+    ]
+
+
+def label(flags: dict[str, bool]) -> str:
+    return " + ".join(flags) if flags else "no flags"
+
+
+def classifier(device: torch.device, images: int, epochs: int, flags: dict[str, bool]) -> None:
     data = mnist_sized(images).to(device)
-    spec = JobSpecAdapter.validate_python({"task": "classifier", "model": "book_cnn"})
+    spec = JobSpecAdapter.validate_python({"task": "classifier", "model": "book_cnn", **flags})
     torch.manual_seed(0)
     recipe = make_recipe(spec, data, device)
     batches = Batches(data.train_x, data.train_y, spec.batch_size, seed=0)
@@ -61,14 +74,15 @@ def classifier(device: torch.device, images: int, epochs: int) -> None:
         took = time.perf_counter() - started
         accuracy = recipe.evaluate()["test_accuracy"]
         print(
-            f"book_cnn fast (batch {spec.batch_size}), {images:,} images, epoch {epoch + 1}: "
+            f"book_cnn fast (batch {spec.batch_size}, {label(flags)}), {images:,} images, "
+            f"epoch {epoch + 1}: "
             f"{took:6.2f} s/epoch  {images / took:>10,.0f} images/s  held-out acc {accuracy:.4f}"
         )
 
 
-def conv_gan(device: torch.device, batch: int, steps: int) -> None:
+def conv_gan(device: torch.device, batch: int, steps: int, flags: dict[str, bool]) -> None:
     mode = "book" if batch == 1 else "fast"
-    body = {"task": "gan", "model": "book_conv_gan", "mode": mode, "crop": 128}
+    body = {"task": "gan", "model": "book_conv_gan", "mode": mode, "crop": 128, **flags}
     spec = JobSpecAdapter.validate_python({**body, "batch_size": batch})
     data = _synthetic((3, 218, 178), 1, batch * (steps + 5)).to(device)
     torch.manual_seed(0)
@@ -89,7 +103,7 @@ def conv_gan(device: torch.device, batch: int, steps: int) -> None:
         gb = torch.cuda.max_memory_allocated() / 1024**3
         peak = f"  peak GPU memory {gb:.4f} GB (book, batch 1: {BOOK_CONV_GAN_PEAK_GB} GB)"
     print(
-        f"book_conv_gan {mode} (batch {batch}): {rate:8.1f} steps/s "
+        f"book_conv_gan {mode} (batch {batch}, {label(flags)}): {rate:8.1f} steps/s "
         f"{rate * batch:9.1f} images/s{peak}"
     )
 
@@ -101,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--gan-steps", type=int, default=200, help="timed steps at batch 1")
     parser.add_argument("--gan-batches", default="1,64", help="book_conv_gan batch sizes")
+    parser.add_argument(
+        "--speed", default="none,amp+channels_last", help="flag sets for the fast-mode runs"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this check needs a GPU (try --device cpu for a smoke run)")
@@ -108,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}")
-    classifier(device, args.images, args.epochs)
+    for flags in flag_sets(args.speed):
+        classifier(device, args.images, args.epochs, flags)
     for batch in (int(b) for b in args.gan_batches.split(",")):
-        conv_gan(device, batch, args.gan_steps if batch == 1 else max(args.gan_steps // 4, 1))
+        steps = args.gan_steps if batch == 1 else max(args.gan_steps // 4, 1)
+        for flags in flag_sets(args.speed) if batch > 1 else [{}]:  # book mode takes none
+            conv_gan(device, batch, steps, flags)
     return 0
 
 

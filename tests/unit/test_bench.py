@@ -19,8 +19,9 @@ def test_gpu_check_runs_end_to_end_on_cpu(capsys: pytest.CaptureFixture[str]) ->
     argv = ["--device", "cpu", "--images", "640", "--epochs", "1", "--gan-steps", "1"]
     assert gpu_speed.main([*argv, "--gan-batches", "1"]) == 0
     out = capsys.readouterr().out
-    assert "book_cnn fast (batch 64), 640 images" in out and "images/s" in out
-    assert "book_conv_gan book (batch 1)" in out and "GPU memory" not in out  # no host as GPU
+    assert "book_cnn fast (batch 128, no flags), 640 images" in out and "images/s" in out
+    assert "book_cnn fast (batch 128, amp + channels_last), 640 images" in out
+    assert "book_conv_gan book (batch 1, no flags)" in out and "GPU memory" not in out  # no host
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
