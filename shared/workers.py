@@ -20,6 +20,7 @@ ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
 
 class WorkerRegistry:
     CACHE_S = 1.0  # how stale aonline() may be
+
     def __init__(
         self, redis: Redis, prefix: str = "trainyard", aredis: AsyncRedis | None = None
     ) -> None:
