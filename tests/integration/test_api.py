@@ -17,6 +17,7 @@ from devstack.stack import Stack
 from shared.client import ApiError, Client
 from shared.schemas import JobEvent
 from shared.status import JobStatus
+from shared.workers import WorkerRegistry
 from tests.conftest import wait_for
 from tests.integration.conftest import QUEUE_CAP, USERS
 
@@ -191,6 +192,16 @@ def test_sse_resumes_without_gaps_or_duplicates(client: Client) -> None:
     assert union[-1].kind == "status" and union[-1].info["status"] == "succeeded"  # then closed
 
 
+@pytest.mark.parametrize("after", ["1-18446744073709551616", "93086-809548131564425501144210303"])
+def test_a_stream_id_beyond_64_bits_is_a_422_not_a_500(http: httpx.Client, after: str) -> None:
+    # Found by the fuzzer: Redis refuses such an id, which surfaced as a 500.
+    job_id = http.post("/v1/jobs", json={**TINY, "max_steps": 1}).json()["id"]
+    r = http.get(f"/v1/jobs/{job_id}/metrics", params={"after": after})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "after"
+    r = http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": after})
+    assert r.status_code == 422
+
+
 def test_sse_streams_live_until_the_end(client: Client) -> None:
     job = client.submit({**TINY, "max_steps": 300, "batch_size": 1, "log_every": 10})
     received: list[JobEvent] = []
@@ -271,7 +282,14 @@ def test_queue_cap_per_owner_is_a_clear_429(as_user: dict[str, Client], client: 
     assert (
         as_user["alice"].submit({**TINY, "max_steps": 1}).status is JobStatus.QUEUED
     )  # others not
-    # why is it pending: position, workers, reason
+
+    # why is it pending: position, workers, reason (the API's view of the workers may be up
+    # to WorkerRegistry.CACHE_S old: the blocker started less than that ago)
+    def seen_busy() -> bool:
+        pending = carol.get(queued[-1]).pending
+        return pending is not None and pending.workers_busy == 1
+
+    wait_for(seen_busy, 5 * WorkerRegistry.CACHE_S, "the API to see the worker busy")
     last = carol.get(queued[-1])
     assert last.pending is not None and last.pending.workers_online == 1
     assert last.pending.workers_busy == 1 and last.pending.queue_position is not None

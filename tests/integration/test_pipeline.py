@@ -19,7 +19,9 @@ from tests.conftest import wait_for
 from workers.trainer.data import load_dataset
 from workers.trainer.models import build_model
 
-SPEC = ClassifierSpec(epochs=2, checkpoint_every=50, sample_every=50)  # 63 steps per epoch
+SPEC = ClassifierSpec(
+    epochs=2, batch_size=64, checkpoint_every=50, sample_every=50
+)  # 63 steps/epoch
 
 
 @pytest.fixture(scope="module")

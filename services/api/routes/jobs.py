@@ -61,7 +61,9 @@ router = APIRouter(
     dependencies=[Depends(get_principal)],
 )
 
-STREAM_ID = r"^\d+-\d+$"
+# A Redis stream id, "<ms>-<seq>", each part a 64-bit unsigned number: 19 digits at most keeps
+# every accepted id below 2**64 (a longer one was a Redis error, so a 500).
+STREAM_ID = r"^\d{1,19}-\d{1,19}$"
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
