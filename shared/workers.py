@@ -88,26 +88,13 @@ async def pending_info(
 ) -> PendingInfo:
     """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
     when one can be estimated from recent jobs' durations."""
-    online = await workers.aonline()
-    position = await registry.aqueue_position(job)
-    needs_eta = position is not None and bool(_of_class(job, online))
-    recent = await _recent_durations(registry) if needs_eta else []
-    return _pending(job, online, position, recent)
-
-
-def _of_class(job: JobPublic, workers: list[WorkerPublic]) -> list[WorkerPublic]:
-    return [w for w in workers if w.memory_class == (job.memory_class or "cpu")]
-
-
-def _pending(
-    job: JobPublic, workers: list[WorkerPublic], position: int | None, durations: list[float]
-) -> PendingInfo:
     klass = job.memory_class or "cpu"
-    online = _of_class(job, workers)
+    online = [w for w in await workers.aonline() if w.memory_class == klass]
     busy = sum(1 for w in online if w.busy_with)
+    position = await registry.aqueue_position(job)
     eta = None
     if online and position is not None:
-        recent = [d for d in durations if d > 0]
+        recent = [d for d in await _recent_durations(registry) if d > 0]
         if recent:
             rounds = (position - 1 + busy) / len(online) + 1  # jobs ahead per worker, then ours
             eta = round(rounds * median(recent), 1)
@@ -135,22 +122,15 @@ def _pending(
 
 
 async def _recent_durations(registry: JobRegistry, sample: int = 50) -> list[float]:
+    """Run times in seconds of the succeeded jobs among the `sample` newest."""
     ids = await registry.aredis.zrevrange(registry.keys.jobs_by_time(), 0, sample - 1)
     pipe = registry.aredis.pipeline()
     for job_id in ids:
-        pipe.hmget(registry.keys.job(_text(job_id)), *_TIMES)
-    return _durations(await pipe.execute())
-
-
-_TIMES = ("status", "started_at", "finished_at")
-
-
-def _durations(rows: list[Any]) -> list[float]:
-    """Run times in seconds of the succeeded jobs among (status, started_at, finished_at)."""
+        pipe.hmget(registry.keys.job(_text(job_id)), "status", "started_at", "finished_at")
     return [
         (
             datetime.fromisoformat(_text(finished)) - datetime.fromisoformat(_text(started))
         ).total_seconds()
-        for status, started, finished in rows
+        for status, started, finished in await pipe.execute()
         if status == b"succeeded" and started and finished
     ]
