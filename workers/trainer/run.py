@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import threading
@@ -14,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel
 from torch import Tensor
-from torchvision.io import encode_png
+from torchvision.utils import save_image
 
 from shared.schemas import CheckpointRef, EventKind, JobEvent
 from shared.storage import ArtifactStore, JobKeys, LocalArtifactStore
@@ -219,14 +219,13 @@ class Run:
         return found
 
     def sample(self, step: int, epoch: int, grid: Tensor) -> None:
-        # To 8 bits here (as save_image does), PNG-encoded behind: torch ops on a background
-        # thread start a second OpenMP team that competes with the training step's for the
-        # cores; libpng's encoder is one plain thread.
-        image = grid.detach().mul(255).add_(0.5).clamp_(0, 255).to("cpu", torch.uint8)
+        grid = grid.detach().cpu()
 
         def write() -> None:
+            buf = io.BytesIO()
+            save_image(grid, buf, format="png")
             key = self.keys.sample(step)
-            self.store.put_bytes(key, encode_png(image).numpy().tobytes(), "image/png")
+            self.store.put_bytes(key, buf.getvalue(), "image/png")
             self.emit("sample", step, epoch, info={"key": key})
 
         self.uploader.submit(write)
