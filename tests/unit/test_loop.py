@@ -39,6 +39,12 @@ class StopAt(LocalRun):
             self.stop_reason = self.reason
         return super().should_stop(step)
 
+    def settle(self) -> None:
+        """Wait for the writes already handed to the background (a lost lease does not wait
+        for them), so what the next run finds does not depend on thread timing."""
+        self.uploader.thread.join(timeout=60)
+        assert not self.uploader.thread.is_alive()
+
 
 def test_fit_writes_every_artifact_and_event(tmp_path: Path) -> None:
     run = Run.local(tmp_path, job_id="smoke")
@@ -103,6 +109,7 @@ def test_resume_continues_the_step_count_with_identical_weights(tmp_path: Path) 
     crashed = StopAt(LocalArtifactStore(tmp_path / "b"), 7, "lease_lost")
     with pytest.raises(JobStopped):
         fit(spec, crashed)
+    crashed.settle()
     resumed = LocalRun("j", crashed.store)
     summary = fit(spec, resumed)
     assert summary.steps == 16

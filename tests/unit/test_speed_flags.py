@@ -164,6 +164,7 @@ def test_compile_keeps_checkpoints_interchangeable_with_eager_runs(tmp_path: Pat
     crashed = StopAt(LocalArtifactStore(tmp_path), 7, "lease_lost")
     with pytest.raises(JobStopped):
         fit(eager, crashed)
+    crashed.settle()
 
     compiled = eager.model_copy(update={"compile": True})
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
