@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from argparse import BooleanOptionalAction
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from rich.progress import (
 from rich.table import Column, Table
 
 from shared.client import ApiError, Client
-from shared.schemas import JobPublic
+from shared.schemas import SPEED_FLAGS, ClassifierSpec, JobPublic
 from shared.status import JobStatus
 
 EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2}
@@ -50,6 +51,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "resize": args.resize,
         "device": args.device,
+        **{flag: getattr(args, flag) for flag in SPEED_FLAGS},
     }
     spec.update({k: v for k, v in flags.items() if v is not None})
     return spec
@@ -250,6 +252,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--resize", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    for flag in SPEED_FLAGS:  # --amp / --no-amp etc.: the spec's own help text
+        field = ClassifierSpec.model_fields[flag]
+        s.add_argument(
+            f"--{flag.replace('_', '-')}", action=BooleanOptionalAction, help=field.description
+        )
     s.add_argument("--name")
     s.add_argument("--idempotency-key", help="retry-safe: the same key returns the same job")
     s.add_argument("--watch", action="store_true", help="then follow it like `watch`")

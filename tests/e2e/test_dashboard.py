@@ -98,10 +98,12 @@ def test_a_job_submitted_in_the_form_shows_progress_and_curves_live(
     form.get_by_label("sample every").fill(str(SMALL_GAN["sample_every"]))
     form.get_by_label("batch size").fill(str(SMALL_GAN["batch_size"]))
     form.get_by_label("name").fill("e2e <b>form</b> job")  # shown as text, never as markup
+    form.get_by_label("channels_last").check()  # an opt-in speed flag
     form.get_by_role("button", name="Submit").click()
     expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]+$"))
     job_id = job_id_from_url(page)
     expect(page.locator("#job-name")).to_have_text("e2e <b>form</b> job")
+    expect(page.locator("#job-what")).to_contain_text("channels_last")
     shot(page, "05-submitted")
 
     status = page.locator("#job-status")
@@ -126,7 +128,9 @@ def test_a_job_submitted_in_the_form_shows_progress_and_curves_live(
     expect(charts).to_have_count(2)
     for i in range(2):
         expect(charts.nth(i)).to_have_attribute("data-points", "12")
-    assert http.get(f"/v1/jobs/{job_id}").json()["step"] == 60
+    public = http.get(f"/v1/jobs/{job_id}").json()
+    assert public["step"] == 60 and public["spec"]["channels_last"] is True
+    assert public["spec"]["amp"] is False and public["result"]["speed"] == ["channels_last"]
 
 
 def test_the_sample_timeline_shows_another_steps_grid(

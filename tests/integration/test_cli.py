@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def run(stack: Stack, *args: str, token: str | None = None) -> subprocess.Comple
 
 
 def test_submit_watch_show_jobs_artifacts(stack: Stack, tmp_path: Path) -> None:
-    done = run(stack, "submit", "--max-steps", "40", "--name", "cli", "--watch")
+    done = run(stack, "submit", "--max-steps", "40", "--name", "cli", "--channels-last", "--watch")
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stdout.split("submitted ")[1].split()[0]
     assert f"{job_id} succeeded: accuracy" in done.stdout
@@ -35,7 +36,9 @@ def test_submit_watch_show_jobs_artifacts(stack: Stack, tmp_path: Path) -> None:
     assert job_id in listing.stdout and "succeeded" in listing.stdout
     shown = run(stack, "show", job_id)
     assert "step 40/40" in shown.stdout and "peak host RSS" in shown.stdout
-    assert '"id"' in run(stack, "show", job_id, "--json").stdout
+    public = json.loads(run(stack, "show", job_id, "--json").stdout)
+    assert public["id"] == job_id and public["spec"]["channels_last"] is True
+    assert public["result"]["speed"] == ["channels_last"]  # the worker trained with it
     epochs = run(stack, "events", job_id, "--kind", "epoch")
     assert "test_accuracy=" in epochs.stdout and "step" in epochs.stdout
     followed = run(stack, "events", job_id, "--follow", "--kind", "status")

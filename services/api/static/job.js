@@ -178,6 +178,7 @@ class JobPage {
     const parts = [spec.task, spec.model, spec.dataset, `${spec.mode} mode`,
       `batch ${spec.batch_size}`, `lr ${spec.lr}`, `${spec.epochs} epochs`];
     if (spec.max_steps) parts.push(`max ${spec.max_steps} steps`);
+    for (const flag of ["amp", "channels_last", "compile"]) if (spec[flag]) parts.push(flag);
     this.$("#job-what").textContent = parts.join(" · ");
     this.renderProgress();
     this.renderPending();

@@ -24,6 +24,7 @@ const FALLBACK_MODELS = {
 const SPEC_SCHEMAS = { classifier: "ClassifierSpec", gan: "GanSpec", cgan: "CganSpec" };
 const TEXT_FIELDS = ["model", "dataset", "mode", "name"];
 const NUMBER_FIELDS = ["epochs", "batch_size", "lr", "max_steps", "sample_every"];
+const FLAG_FIELDS = ["amp", "channels_last", "compile"]; // opt-in speed flags, sent only when on
 
 /** The jobs page. `params` are the hash's query (status, task, limit). */
 export function renderJobs(main, params, signal) {
@@ -290,6 +291,9 @@ function specFromForm(form) {
     if (!raw) continue;
     const number = Number(raw);
     spec[name] = Number.isFinite(number) ? number : raw;
+  }
+  for (const name of FLAG_FIELDS) {
+    if (form.elements[name].checked) spec[name] = true;
   }
   return spec;
 }
