@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.utils import make_grid, save_image
 
 from shared.schemas import ClassifierSpec, GanSpec, JobSummary
 from shared.storage import LocalArtifactStore
@@ -181,3 +185,18 @@ def test_images_per_s_counts_every_training_step_and_no_evaluation(
     assert summary.steps == 24
     assert summary.wall_s == pytest.approx(23.0)  # the first step is profiled, not counted
     assert summary.images_per_s == pytest.approx(64.0)
+
+
+def test_sample_grids_are_the_pngs_save_image_would_write(tmp_path: Path) -> None:
+    """Made 8-bit on the training thread, encoded behind: the same pixels as save_image."""
+    grid = make_grid(torch.rand(10, 3, 28, 28, generator=torch.Generator().manual_seed(0)))
+    run = Run.local(tmp_path, job_id="png")
+    with run:
+        run.sample(7, 0, grid)
+        run.drain()
+    written = Image.open(io.BytesIO(run.store.get_bytes(run.keys.sample(7))))
+    expected = io.BytesIO()
+    save_image(grid, expected, format="png")
+    assert written.mode == "RGB" and written.size == (grid.shape[2], grid.shape[1])
+    assert np.array_equal(np.asarray(written), np.asarray(Image.open(expected)))
+    assert [e.info["key"] for e in run.events if e.kind == "sample"] == [run.keys.sample(7)]

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import queue
 import threading
 import time
@@ -15,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from PIL import Image
 from pydantic import BaseModel
 from torch import Tensor
-from torchvision.utils import save_image
 
 from shared.schemas import CheckpointRef, EventKind, JobEvent
 from shared.storage import ArtifactStore, JobKeys, LocalArtifactStore
@@ -29,15 +28,9 @@ StopReason = Literal["cancel", "shutdown", "lease_lost"]
 # Metric events are buffered and published in batches: one Redis round trip per flush, not
 # per step, so logging never slows training.
 FLUSH_INTERVAL_S = 0.25
-BACKGROUND_NICE = 10  # for the artifact writer threads; the training thread keeps 0
-
-
-def background_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: a thread is a task with its own nice
-    value): writing artifacts yields the cores to the training step, and catches up between
-    steps. Best effort."""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+# Sample grids are small: zlib's fastest level encodes them in half the CPU of PIL's default
+# (6), and the files come out no bigger (MNIST grids: 27 vs 33 KB).
+PNG_COMPRESS_LEVEL = 1
 
 
 class JobStopped(Exception):
@@ -61,7 +54,6 @@ class Uploader:
         self.thread.start()
 
     def _loop(self) -> None:
-        background_priority()
         while (task := self.tasks.get()) is not None:
             try:
                 if self.error is None:  # after a failure, later writes are skipped
@@ -116,9 +108,7 @@ class Run:
         self.uploader = Uploader()
         # Checkpoints are serialised (torch.save, sha256) on a thread of their own, so one
         # serialises while the one before it uploads.
-        self.serializer = ThreadPoolExecutor(
-            1, thread_name_prefix="checkpoint-serializer", initializer=background_priority
-        )
+        self.serializer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-serializer")
 
     @classmethod
     def local(cls, root: str | Path = "runs", job_id: str | None = None) -> LocalRun:
@@ -219,11 +209,15 @@ class Run:
         return found
 
     def sample(self, step: int, epoch: int, grid: Tensor) -> None:
-        grid = grid.detach().cpu()
+        """A make_grid image, saved as PNG behind. It is made 8-bit here, as save_image does,
+        because torch's parallel ops on a writer thread start an OpenMP team of their own
+        that competes with the training step's (measured: bench/RESULTS.md, "Overhead")."""
+        pixels = grid.detach().mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0)
+        hwc = pixels.to("cpu", torch.uint8).numpy()
 
         def write() -> None:
             buf = io.BytesIO()
-            save_image(grid, buf, format="png")
+            Image.fromarray(hwc).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL)
             key = self.keys.sample(step)
             self.store.put_bytes(key, buf.getvalue(), "image/png")
             self.emit("sample", step, epoch, info={"key": key})
