@@ -20,6 +20,7 @@ from workers.trainer.models import build_model
 from workers.trainer.planner import timeline
 from workers.trainer.recipes import ClassifierRecipe, GanRecipe, make_recipe
 from workers.trainer.run import JobStopped, LocalRun, Run
+from workers.trainer.speed import training_forward
 
 CPU = torch.device("cpu")
 SHORT = ClassifierSpec(dataset="mnist-5k", device="cpu", max_steps=40, log_every=5)
@@ -93,6 +94,19 @@ def test_amp_training_lowers_the_loss(tmp_path: Path) -> None:
     assert len(losses) == 8 and all(0 < v < 10 for v in losses)
     assert losses[-1] < 0.7 * losses[0], losses
     assert summary.metrics["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_amp_on_a_gpu_without_bf16_is_refused_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pre-Ampere GPU (here: as torch would report a T4) fails the job at the start."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    amp = SHORT.model_copy(update={"amp": True})
+    with pytest.raises(ValueError, match=r"amp trains in bf16.*Tesla T4.*without amp"):
+        training_forward(amp, build_model("book_cnn"), torch.device("cuda"))
+    training_forward(SHORT, build_model("book_cnn"), torch.device("cuda"))  # no amp: fine
+    training_forward(amp, build_model("book_cnn"), CPU)  # CPU autocast has bf16
 
 
 # --- channels_last: conv weights and image batches in NHWC memory order.

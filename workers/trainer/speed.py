@@ -35,6 +35,7 @@ def training_forward(spec: JobSpec, module: nn.Module, device: torch.device) -> 
         # Converts the 4-D weights (convs) in place; 2-D ones (Linear) have no such format.
         module.to(memory_format=torch.channels_last)
     if spec.amp:
+        _check_bf16(device)
         # Sigmoid outputs feed BCELoss. In bf16 they round to exactly 1.0 above ~0.998, where
         # log(1 - p) and Sigmoid's gradient p(1 - p) vanish: keep the Sigmoids in float32.
         for sigmoid in (m for m in module.modules() if isinstance(m, nn.Sigmoid)):
@@ -60,6 +61,17 @@ class _SpeedForward:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.call(*inputs)
         return out.float()
+
+
+def _check_bf16(device: torch.device) -> None:
+    """amp trains in bf16 (no GradScaler). GPUs before Ampere have no bf16 units: say so at the
+    start (the job fails with this message) instead of failing, or crawling, at the first step."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(
+            f"amp trains in bf16, which this GPU ({name}) does not support (it needs compute "
+            "capability 8.0 or newer); submit the job without amp"
+        )
 
 
 def _channels_last(x: Tensor) -> Tensor:
