@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -306,6 +307,8 @@ def _flatten(fields: dict[str, Any]) -> list[str]:
 class JobRegistry:
     """Job records as Redis hashes, a sorted set for newest-first listing, leases for workers."""
 
+    DURATIONS_CACHE_S = 5.0  # how stale arecent_durations() may be: it only feeds ETAs
+
     def __init__(
         self, redis: Redis, prefix: str = "trainyard", aredis: AsyncRedis | None = None
     ) -> None:
@@ -320,6 +323,7 @@ class JobRegistry:
         self._renew = redis.register_script(_RENEW)
         self._fenced_hset = redis.register_script(_FENCED_HSET)
         self._reclaim = redis.register_script(_RECLAIM)
+        self._durations: tuple[float, list[float]] = (-1e9, [])
 
     # --- records
 
@@ -555,6 +559,27 @@ class JobRegistry:
         """queue_position() on the asyncio client."""
         rank: Any = await self.aredis.zrank(self.keys.queued(job.queue), job.id)
         return None if rank is None else int(rank) + 1
+
+    async def arecent_durations(self, sample: int = 50) -> list[float]:
+        """Run times in seconds of the succeeded jobs among the `sample` newest. Once there are
+        any, the answer is reused for DURATIONS_CACHE_S: every read of a queued job asks (the
+        dashboard's list reads each queued job it shows), and their median moves slowly."""
+        taken, found = self._durations
+        if found and time.monotonic() - taken < self.DURATIONS_CACHE_S:
+            return found
+        ids = await self.aredis.zrevrange(self.keys.jobs_by_time(), 0, sample - 1)
+        pipe = self.aredis.pipeline()
+        for job_id in ids:
+            pipe.hmget(self.keys.job(_text(job_id)), "status", "started_at", "finished_at")
+        found = [
+            (
+                datetime.fromisoformat(_text(finished)) - datetime.fromisoformat(_text(started))
+            ).total_seconds()
+            for status, started, finished in await pipe.execute()
+            if status == b"succeeded" and started and finished
+        ]
+        self._durations = (time.monotonic(), found)
+        return found
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.field(job_id, "cancel_requested") == "1"

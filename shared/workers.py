@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from statistics import median
 from typing import Any
 
@@ -94,7 +93,7 @@ async def pending_info(
     position = await registry.aqueue_position(job)
     eta = None
     if online and position is not None:
-        recent = [d for d in await _recent_durations(registry) if d > 0]
+        recent = [d for d in await registry.arecent_durations() if d > 0]
         if recent:
             rounds = (position - 1 + busy) / len(online) + 1  # jobs ahead per worker, then ours
             eta = round(rounds * median(recent), 1)
@@ -119,18 +118,3 @@ async def pending_info(
         eta_s=eta,
         reason=reason,
     )
-
-
-async def _recent_durations(registry: JobRegistry, sample: int = 50) -> list[float]:
-    """Run times in seconds of the succeeded jobs among the `sample` newest."""
-    ids = await registry.aredis.zrevrange(registry.keys.jobs_by_time(), 0, sample - 1)
-    pipe = registry.aredis.pipeline()
-    for job_id in ids:
-        pipe.hmget(registry.keys.job(_text(job_id)), "status", "started_at", "finished_at")
-    return [
-        (
-            datetime.fromisoformat(_text(finished)) - datetime.fromisoformat(_text(started))
-        ).total_seconds()
-        for status, started, finished in await pipe.execute()
-        if status == b"succeeded" and started and finished
-    ]

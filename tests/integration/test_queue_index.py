@@ -3,10 +3,12 @@ a job's place in line is a ZRANK, an owner's queued count a SCARD, never a scan.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.jobs import JobRegistry, QueueFull
 from shared.schemas import ClassifierSpec
@@ -60,3 +62,35 @@ def test_owner_cap_counts_only_queued_jobs(reg: JobRegistry) -> None:
     reg.create(ClassifierSpec(), "bob", max_queued=2)
     with pytest.raises(QueueFull):
         reg.create(ClassifierSpec(), "bob", max_queued=2)
+
+
+def test_recent_durations_feed_etas_and_are_reused_for_a_while(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run times queued jobs' ETAs come from: read from the records, then reused for
+    DURATIONS_CACHE_S (each read of a queued job asks); an empty answer is never reused."""
+    port = redis.connection_pool.connection_kwargs["port"]
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+    def finish(reg: JobRegistry) -> None:
+        job_id = reg.create(ClassifierSpec(), "ann").id
+        lease = reg.acquire(job_id, "w1", ttl_s=30, max_attempts=5).lease
+        assert lease is not None
+        reg.transition(job_id, JobStatus.SUCCEEDED, lease)
+
+    async def scenario() -> list[list[float]]:
+        async with AsyncRedis(port=port) as aredis:
+            reg = JobRegistry(redis, prefix, aredis)
+            seen = [await reg.arecent_durations()]  # none yet
+            reg.create(ClassifierSpec(), "ann")  # queued: not a duration
+            finish(reg)
+            seen.append(await reg.arecent_durations())  # read again: the empty one was not kept
+            finish(reg)
+            seen.append(await reg.arecent_durations())  # reused (well within 5 s)
+            monkeypatch.setattr(JobRegistry, "DURATIONS_CACHE_S", 0.0)
+            seen.append(await reg.arecent_durations())  # stale: read again
+            return seen
+
+    seen = asyncio.run(scenario())
+    assert [len(s) for s in seen] == [0, 1, 1, 2]
+    assert all(d >= 0 for d in seen[-1])
