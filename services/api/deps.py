@@ -1,10 +1,12 @@
-"""Typed dependencies for route handlers; the clients live on app.state, made once at start.
+"""Typed dependencies for route handlers; the clients live in app.state.services, made once
+at start.
 
 They do no I/O, so they are `async def`: FastAPI runs a plain `def` dependency in its thread
 pool, and a thread hop per dependency per request cost more than the work itself."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from celery import Celery
@@ -26,40 +28,56 @@ from shared.workers import WorkerRegistry
 bearer = HTTPBearer(auto_error=False, description="An owner's API token")
 
 
+@dataclass(frozen=True)
+class Services:
+    """The clients the routes use, made once at start (main.py's lifespan)."""
+
+    settings: Settings
+    tokens: TokenTable
+    registry: JobRegistry
+    events: EventStream
+    workers: WorkerRegistry
+    aredis: AsyncRedis  # the hot paths' reads and writes, and SSE's blocking reads
+    store: ArtifactStore
+    catalog: DatasetCatalog
+    celery: Celery
+    planner: Planner
+
+
+def services(request: Request) -> Services:
+    """The app's clients, typed. The two hot routes (submit a job, read a job) call this
+    rather than take one dependency per client: FastAPI spends ~25 µs per dependency per
+    request solving it, ~10% of those routes' CPU (bench/RESULTS.md)."""
+    found: Services = request.app.state.services
+    return found
+
+
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return services(request).settings
 
 
 async def get_registry(request: Request) -> JobRegistry:
-    return request.app.state.registry
+    return services(request).registry
 
 
 async def get_events(request: Request) -> EventStream:
-    return request.app.state.events
+    return services(request).events
 
 
 async def get_store(request: Request) -> ArtifactStore:
-    return request.app.state.store
-
-
-async def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+    return services(request).store
 
 
 async def get_catalog(request: Request) -> DatasetCatalog:
-    return request.app.state.catalog
+    return services(request).catalog
 
 
 async def get_workers(request: Request) -> WorkerRegistry:
-    return request.app.state.workers
-
-
-async def get_planner(request: Request) -> Planner:
-    return request.app.state.planner
+    return services(request).workers
 
 
 async def get_async_redis(request: Request) -> AsyncRedis:
-    return request.app.state.aredis
+    return services(request).aredis
 
 
 async def get_principal(
@@ -67,8 +85,8 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The caller, from `Authorization: Bearer <token>`; 401 without a valid one."""
-    tokens: TokenTable = request.app.state.tokens
-    principal = tokens.authenticate(credentials.credentials if credentials else None)
+    token = credentials.credentials if credentials else None
+    principal = services(request).tokens.authenticate(token)
     if principal is None:
         raise ApiProblem(
             401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
@@ -87,10 +105,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[JobRegistry, Depends(get_registry)]
 EventsDep = Annotated[EventStream, Depends(get_events)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
 CatalogDep = Annotated[DatasetCatalog, Depends(get_catalog)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
-PlannerDep = Annotated[Planner, Depends(get_planner)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 JobIdDep = Annotated[str, Depends(job_context)]

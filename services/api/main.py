@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.api import errors
+from services.api.deps import Services
 from services.api.limits import JsonBodyLimit
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.routes import datasets, health, jobs, ui
@@ -32,24 +33,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_json_logging()
         redis, aredis = connect_redis(settings), connect_async_redis(settings)
-        app.state.settings = settings
-        app.state.tokens = tokens
-        app.state.registry = JobRegistry(redis, settings.KEY_PREFIX, aredis)
-        app.state.events = EventStream(redis, settings.KEY_PREFIX)
-        app.state.workers = WorkerRegistry(redis, settings.KEY_PREFIX, aredis)
-        app.state.aredis = aredis  # the hot paths' reads and writes, and SSE's blocking reads
-        app.state.store = S3ArtifactStore.from_settings(settings)
-        app.state.catalog = DatasetCatalog(redis, app.state.store, settings.KEY_PREFIX)
-        app.state.celery = make_celery(settings)
-        app.state.planner = Planner(redis, app.state.celery, settings, app.state.workers)
-        collector = JobsCollector(app.state.registry, app.state.workers, settings)
+        registry = JobRegistry(redis, settings.KEY_PREFIX, aredis)
+        events = EventStream(redis, settings.KEY_PREFIX)
+        workers = WorkerRegistry(redis, settings.KEY_PREFIX, aredis)
+        store = S3ArtifactStore.from_settings(settings)
+        celery = make_celery(settings)
+        app.state.services = Services(
+            settings=settings,
+            tokens=tokens,
+            registry=registry,
+            events=events,
+            workers=workers,
+            aredis=aredis,
+            store=store,
+            catalog=DatasetCatalog(redis, store, settings.KEY_PREFIX),
+            celery=celery,
+            planner=Planner(redis, celery, settings, workers),
+        )
+        collector = JobsCollector(registry, workers, settings)
         REGISTRY.register(collector)
-        reconciler = Reconciler(app.state.registry, app.state.events, app.state.celery, settings)
+        reconciler = Reconciler(registry, events, celery, settings)
         reconciler.start()
         yield
         reconciler.stop()
         REGISTRY.unregister(collector)
-        await app.state.aredis.aclose()
+        await aredis.aclose()
         redis.close()
 
     app = FastAPI(

@@ -19,21 +19,19 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.api.deps import (
     AsyncRedisDep,
-    CatalogDep,
-    CeleryDep,
     EventsDep,
     JobIdDep,
-    PlannerDep,
     PrincipalDep,
     RegistryDep,
     SettingsDep,
     StoreDep,
-    WorkersDep,
     get_principal,
+    services,
 )
 from services.api.errors import ERROR_RESPONSES, ApiProblem
 from services.api.metrics import JOBS_SUBMITTED
 from shared.catalog import DatasetCatalog, DatasetNotFound
+from shared.config import Settings
 from shared.events import decode_entry
 from shared.jobs import InvalidCursor, JobRegistry, QueueFull, _text, new_job_id
 from shared.planning import NoClassFits
@@ -74,13 +72,9 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 )
 async def submit_job(
     spec: Annotated[JobSpec, Body()],
+    request: Request,
     response: Response,
     principal: PrincipalDep,
-    registry: RegistryDep,
-    catalog: CatalogDep,
-    celery: CeleryDep,
-    settings: SettingsDep,
-    planner: PlannerDep,
     idempotency_key: Annotated[
         str | None,
         Header(description="Retry-safe submission: the same key and body return the same job"),
@@ -89,9 +83,11 @@ async def submit_job(
     """Queue a training job (201); a replayed Idempotency-Key returns the same job (200).
     Its peak memory is predicted first and it is routed to a worker class that can hold it;
     a job no configured class can hold is a 422 with the numbers."""
-    info = await _check_fits(spec, catalog, principal.owner)
+    app = services(request)  # a hot path: its clients without a dependency each
+    registry, settings = app.registry, app.settings
+    info = await _check_fits(spec, app.catalog, principal.owner)
     try:
-        routing = await planner.aroute(spec, info.image, info.num_classes)
+        routing = await app.planner.aroute(spec, info.image, info.num_classes)
     except NoClassFits as exc:
         raise RequestValidationError(
             [{"type": "memory", "msg": str(exc), "loc": ("body", spec.task, "batch_size")}]
@@ -111,7 +107,7 @@ async def submit_job(
             principal.owner,
             job_id,
             settings.MAX_QUEUED_PER_OWNER,
-            message=(queue, training_message(celery, job_id, queue)),  # enqueued atomically
+            message=(queue, training_message(app.celery, job_id, queue)),  # enqueued atomically
             memory_class=routing.memory_class,
             queue=routing.queue,
             predicted_peak_cpu_bytes=routing.cpu_bytes,
@@ -127,7 +123,7 @@ async def submit_job(
 
 
 async def _claim_key(
-    registry: JobRegistry, owner: str, key: str, spec: JobSpec, job_id: str, settings: SettingsDep
+    registry: JobRegistry, owner: str, key: str, spec: JobSpec, job_id: str, settings: Settings
 ) -> JobPublic | None:
     """Record key -> (body digest, job id) unless already recorded. Returns the existing job
     for a replay of the same body; 409 for another body under the same key."""
@@ -202,13 +198,12 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-async def get_job(
-    job_id: JobIdDep, principal: PrincipalDep, registry: RegistryDep, workers: WorkersDep
-) -> JobPublic:
+async def get_job(request: Request, job_id: JobIdDep, principal: PrincipalDep) -> JobPublic:
     """One job: status, progress, result; a queued job says why it waits."""
-    job = await registry.aget_for(job_id, principal)
+    app = services(request)  # a hot path: its clients without a dependency each
+    job = await app.registry.aget_for(job_id, principal)
     if job.status is JobStatus.QUEUED:
-        job.pending = await pending_info(job, registry, workers)
+        job.pending = await pending_info(job, app.registry, app.workers)
     return job
 
 
