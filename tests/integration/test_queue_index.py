@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from redis import Redis
@@ -91,6 +92,9 @@ def test_recent_durations_feed_etas_and_are_reused_for_a_while(
             seen.append(await reg.arecent_durations())  # stale: read again
             return seen
 
-    seen = asyncio.run(scenario())
+    # In a thread of its own: the browser tests' sync Playwright leaves an event loop running
+    # in this one, where asyncio.run() refuses to start.
+    with ThreadPoolExecutor(1) as thread:
+        seen = thread.submit(asyncio.run, scenario()).result(timeout=60)
     assert [len(s) for s in seen] == [0, 1, 1, 2]
     assert all(d >= 0 for d in seen[-1])
