@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from devstack.security import private_dir
 from devstack.stack import Stack, StackConfig, StackError
+
+# stack.env entries `make up` shows masked: they are in the file (0600) for clients to read.
+SECRET_SETTINGS = ("TRAINYARD_S3_SECRET_KEY", "TRAINYARD_API_TOKEN", "TRAINYARD_API_TOKENS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path(".trainyard"))
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    root: Path = args.root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root: Path = private_dir(args.root.resolve())
     config = StackConfig.load(root)
 
     if args.command == "down":
@@ -37,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{proc.name:10} {state:5} pid={proc.pid()} log={proc.log_file}")
         return 0 if stack.running() else 1
 
-    # up: reuse the running stack (and its ports and keys) when there is one.
+    # up: reuse the running stack (and its ports and keys) when there is one, unless it was
+    # started before the stack had passwords (its Redis and storage are open): restart that one.
+    if config is not None and _without_passwords(root):
+        Stack(config).down()
+        config = None
     if config is None or not any(p.alive() for p in Stack(config).processes):
         config = StackConfig.fresh(root, workers=args.workers)
     stack = Stack(config)
@@ -47,9 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     env = stack.write_env()
-    print(f"local stack up; settings in {env}:")
-    print(env.read_text(), end="")
+    print(f"local stack up; settings in {env} (secrets shown as ***, readable by you only):")
+    for name, value in config.env().items():
+        if name in SECRET_SETTINGS:
+            value = "***"
+        print(f"{name}={value.replace(config.redis_password, '***')}")
     return 0
+
+
+def _without_passwords(root: Path) -> bool:
+    """Whether root/stack.json was written before the stack had a Redis password."""
+    try:
+        return "redis_password" not in json.loads((root / "stack.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

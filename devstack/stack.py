@@ -13,12 +13,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from redis import Redis
 
+from devstack.security import (
+    private_dir,
+    redis_conf,
+    write_private,
+    write_seaweedfs_security,
+)
 from shared.auth import new_token
 from shared.config import Settings
 from shared.planning import plan_queue
@@ -97,8 +104,8 @@ class Process:
         return self.root / "logs" / f"{self.name}.log"
 
     def start(self) -> None:
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.pid_file.parent)
+        private_dir(self.log_file.parent)
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
                 self.argv,
@@ -175,8 +182,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _new_jwt_keys() -> dict[str, str]:
+    return {
+        k: secrets.token_urlsafe(32)
+        for k in ("volume_write", "volume_read", "filer_write", "filer_read")
+    }
+
+
 @dataclass
 class StackConfig:
+    """A stack's ports and secrets, kept in `root/stack.json` (0600, in a 0700 folder)."""
+
     root: Path
     redis_port: int
     s3_port: int
@@ -184,6 +200,9 @@ class StackConfig:
     access_key: str
     secret_key: str
     api_token: str  # the local user "dev"; clients read it from stack.env
+    # redis-server's requirepass, and SeaweedFS's JWT signing keys (see devstack.security).
+    redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    jwt_keys: dict[str, str] = field(default_factory=_new_jwt_keys)
     bucket: str = "trainyard"
     workers: int = 1
     overrides: dict[str, str] = field(default_factory=dict)  # extra TRAINYARD_* settings
@@ -214,8 +233,9 @@ class StackConfig:
         )
 
     def save(self) -> None:
-        data = {k: v for k, v in self.__dict__.items() if k != "root"}
-        (self.root / "stack.json").write_text(json.dumps(data, indent=2))
+        """Write `root/stack.json`, readable by this user only (it holds every secret)."""
+        data = {k: v for k, v in asdict(self).items() if k != "root"}
+        write_private(private_dir(self.root) / "stack.json", json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, root: Path) -> StackConfig | None:
@@ -231,7 +251,9 @@ class StackConfig:
     def env(self) -> dict[str, str]:
         """TRAINYARD_* settings every process of this stack runs with."""
         return {
-            "TRAINYARD_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "TRAINYARD_REDIS_URL": (
+                f"redis://:{quote(self.redis_password, safe='')}@127.0.0.1:{self.redis_port}/0"
+            ),
             "TRAINYARD_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
             "TRAINYARD_S3_ACCESS_KEY": self.access_key,
             "TRAINYARD_S3_SECRET_KEY": self.secret_key,
@@ -267,35 +289,20 @@ class Stack:
         env = c.env()
         redis_dir = root / "redis"
         weed_dir = root / "s3"
-        self.redis = Process(
-            "redis",
-            [
-                _binary("redis-server"),
-                "--port",
-                str(c.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(redis_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-                "--save",
-                "",
-                "--protected-mode",
-                "yes",
-            ],
-            root,
-        )
+        # Secrets live in files (0600), never on a command line `ps` shows.
+        self.redis_conf = redis_dir / "redis.conf"
+        self.weed_conf = root / "seaweedfs"  # security.toml and the gRPC certificates
+        self.redis = Process("redis", [_binary("redis-server"), str(self.redis_conf)], root)
         p = c.s3_port
         self.s3 = Process(
             "s3",
             [
                 _binary("weed"),
+                f"-config_dir={self.weed_conf}",
                 "server",
+                # No HTTP API on the master (it hands out volume JWTs) and the filer: S3 and
+                # the components' own traffic go over gRPC (mutual TLS) and signed HTTP.
+                "-disableHttp",
                 f"-dir={weed_dir}",
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
@@ -335,7 +342,9 @@ class Stack:
             env,
         )
 
-        def celery_worker(name: str, queue: str, extra_env: dict[str, str]) -> Process:
+        def celery_worker(
+            name: str, queue: str, extra_env: dict[str, str], concurrency: int = 1
+        ) -> Process:
             argv = [
                 str(VENV_BIN / "python"),
                 "-m",
@@ -346,7 +355,7 @@ class Stack:
                 "-Q",
                 queue,
                 "--concurrency",
-                "1",
+                str(concurrency),
                 "--loglevel",
                 "INFO",
                 "-n",
@@ -364,9 +373,10 @@ class Stack:
             )
             for i in range(c.workers)
         ]
-        # The planner predicts jobs' memory (a CPU probe) for the API; it trains nothing.
+        # The planner predicts jobs' memory (a CPU probe) for the API; it trains nothing. Two
+        # probes at a time: one slow shape does not hold up the next.
         self.planner = celery_worker(
-            "planner", plan_queue(queue), {"TRAINYARD_WORKER_ROLE": "planner"}
+            "planner", plan_queue(queue), {"TRAINYARD_WORKER_ROLE": "planner"}, concurrency=2
         )
         self._dirs = (redis_dir, weed_dir)
 
@@ -389,8 +399,8 @@ class Stack:
 
     def start_storage(self) -> None:
         """Redis and the S3 server alone (what benchmarks of the storage path need)."""
-        for d in self._dirs:
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.config.root, *self._dirs):
+            private_dir(d)
         self.config.save()
         identities = {
             "identities": [
@@ -403,9 +413,13 @@ class Stack:
                 }
             ]
         }
-        ids = self.config.root / "s3-identities.json"
-        ids.write_text(json.dumps(identities))
-        ids.chmod(0o600)
+        c = self.config
+        write_private(c.root / "s3-identities.json", json.dumps(identities))
+        write_private(
+            self.redis_conf, redis_conf(c.redis_port, self.redis_conf.parent, c.redis_password)
+        )
+        if not self.s3.alive():  # new certificates for a new process only
+            write_seaweedfs_security(self.weed_conf, c.jwt_keys)
         self._start(self.redis)
         wait_for(self.redis_client().ping, 20, "redis")
         self._start(self.s3)
@@ -433,7 +447,10 @@ class Stack:
         return _s3_round_trip(S3ArtifactStore.from_settings(self.config.settings(), retry_s=0))
 
     def redis_client(self) -> Redis:
-        return Redis(port=self.config.redis_port, socket_timeout=5)
+        """A client of the stack's Redis, with its password."""
+        return Redis(
+            port=self.config.redis_port, password=self.config.redis_password, socket_timeout=5
+        )
 
     def ready(self) -> bool:
         for proc in self.processes:
@@ -451,10 +468,9 @@ class Stack:
         return len(replies) >= len(self.workers) + 1  # and the planner
 
     def write_env(self) -> Path:
+        """Write `root/stack.env` (0600: it holds the secrets) and return its path."""
         path = self.config.root / "stack.env"
-        path.write_text("".join(f"{k}={v}\n" for k, v in self.config.env().items()))
-        path.chmod(0o600)
-        return path
+        return write_private(path, "".join(f"{k}={v}\n" for k, v in self.config.env().items()))
 
     def logs(self, lines: int = 20) -> str:
         return "\n".join(f"--- {p.name} ({p.log_file})\n{p.tail(lines)}" for p in self.processes)

@@ -70,7 +70,8 @@ def test_recent_durations_feed_etas_and_are_reused_for_a_while(
 ) -> None:
     """The run times queued jobs' ETAs come from: read from the records, then reused for
     DURATIONS_CACHE_S (each read of a queued job asks); an empty answer is never reused."""
-    port = redis.connection_pool.connection_kwargs["port"]
+    kwargs = redis.connection_pool.connection_kwargs
+    port, password = kwargs["port"], kwargs.get("password")  # the stack's Redis has a password
     prefix = f"test-{uuid.uuid4().hex[:8]}"
 
     def finish(reg: JobRegistry) -> None:
@@ -80,7 +81,7 @@ def test_recent_durations_feed_etas_and_are_reused_for_a_while(
         reg.transition(job_id, JobStatus.SUCCEEDED, lease)
 
     async def scenario() -> list[list[float]]:
-        async with AsyncRedis(port=port) as aredis:
+        async with AsyncRedis(port=port, password=password) as aredis:
             reg = JobRegistry(redis, prefix, aredis)
             seen = [await reg.arecent_durations()]  # none yet
             reg.create(ClassifierSpec(), "ann")  # queued: not a duration
