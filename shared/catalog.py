@@ -3,13 +3,18 @@ visible to its owner (and admins)."""
 
 from __future__ import annotations
 
+import threading
+import unicodedata
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from redis import Redis
 
 from shared.auth import Principal
-from shared.datasets import ParsedDataset, to_npz_bytes
+from shared.config import Settings, get_settings
+from shared.datasets import DatasetError, Limits, ParsedDataset, parse_upload, to_npz_bytes
 from shared.jobs import RedisKeys
 from shared.schemas import DatasetPublic
 from shared.storage import ArtifactStore, DatasetKeys
@@ -25,18 +30,167 @@ class DatasetNotFound(KeyError):
         return f"no data set {self.dataset_id!r}"
 
 
-class DatasetCatalog:
-    """Uploads are stored as datasets/{id}/data.npz, then meta.json (the commit), then indexed."""
+# Reserve a place in an owner's quota, atomically: {prefix}:owner:{owner}:datasets is a HASH
+# of data set id -> stored bytes. Returns {0, count, bytes} when reserved, {1, ...} when the
+# owner is at the count limit, {2, ...} when the new size would take them over the byte limit.
+_RESERVE = """
+local n = redis.call('HLEN', KEYS[1])
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+if n >= tonumber(ARGV[3]) then return {1, n, total} end
+if total + tonumber(ARGV[2]) > tonumber(ARGV[4]) then return {2, n, total} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {0, n, total}
+"""
 
-    def __init__(self, redis: Redis, store: ArtifactStore, prefix: str = "trainyard") -> None:
+
+class DatasetCatalog:
+    """Uploads are stored as datasets/{id}/data.npz, then meta.json (the commit), then indexed.
+
+    Limits and quotas come from `settings` (the process's Settings when None):
+    UPLOAD_MAX_BYTES, UPLOAD_DECODED_MAX_BYTES, UPLOAD_PARSE_CONCURRENCY, UPLOAD_PARSE_WAIT_S,
+    DATASETS_MAX_PER_OWNER, DATASETS_MAX_BYTES_PER_OWNER."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: ArtifactStore,
+        prefix: str = "trainyard",
+        settings: Settings | None = None,
+    ) -> None:
         self.redis, self.store = redis, store
-        self.key = RedisKeys(prefix).datasets()
+        self.keys = RedisKeys(prefix)
+        self.key = self.keys.datasets()
+        self.settings = settings or get_settings()
+        self.limits = Limits(
+            max_upload_bytes=self.settings.UPLOAD_MAX_BYTES,
+            max_decoded_bytes=self.settings.UPLOAD_DECODED_MAX_BYTES,
+        )
+        # At most this many parses at a time in this process: each may hold ~3x the decoded
+        # budget (body, pixels, encoded npz).
+        self._parse_slots = threading.BoundedSemaphore(self.settings.UPLOAD_PARSE_CONCURRENCY)
+        self._reserve = redis.register_script(_RESERVE)
+        self._owner_index_ready = False
+
+    # ----------------------------------------------------------------------------------------
+    # Quotas
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.keys.prefix}:owner:{owner}:datasets"
+
+    def _ensure_owner_index(self) -> None:
+        """Data sets stored before the per-owner index existed are indexed once."""
+        if self._owner_index_ready:
+            return
+        done = f"{self.key}:owner-index"
+        if not self.redis.exists(done):
+            for _, raw in self.redis.hscan_iter(self.key):
+                meta = DatasetPublic.model_validate_json(raw)
+                self.redis.hsetnx(self._owner_key(meta.owner or ""), meta.id, meta.size_bytes)
+            self.redis.set(done, 1)
+        self._owner_index_ready = True
+
+    def usage(self, owner: str) -> tuple[int, int]:
+        """(data sets, stored bytes) the owner has now."""
+        self._ensure_owner_index()
+        sizes = self.redis.hvals(self._owner_key(owner))
+        return len(sizes), sum(int(v) for v in sizes)
+
+    def check_quota(self, owner: str) -> None:
+        """Refuse an upload before its body is read when the owner has no room left: 429 at
+        DATASETS_MAX_PER_OWNER data sets, 413 at DATASETS_MAX_BYTES_PER_OWNER stored bytes.
+        Two Redis reads; raises DatasetError with the numbers."""
+        count, stored = self.usage(owner)
+        self._refuse_over_quota(owner, count, stored, 0)
+
+    def _refuse_over_quota(self, owner: str, count: int, stored: int, adding: int) -> None:
+        s = self.settings
+        if count >= s.DATASETS_MAX_PER_OWNER:
+            raise DatasetError(
+                429,
+                f"{owner} has {count} data sets; the limit is {s.DATASETS_MAX_PER_OWNER} per "
+                "owner (TRAINYARD_DATASETS_MAX_PER_OWNER)",
+            )
+        if stored + adding > s.DATASETS_MAX_BYTES_PER_OWNER or (
+            adding == 0 and stored >= s.DATASETS_MAX_BYTES_PER_OWNER
+        ):
+            what = f"; this upload would add {adding} bytes" if adding else ""
+            raise DatasetError(
+                413,
+                f"{owner}'s data sets take {stored} stored bytes{what}; the limit is "
+                f"{s.DATASETS_MAX_BYTES_PER_OWNER} bytes per owner "
+                "(TRAINYARD_DATASETS_MAX_BYTES_PER_OWNER)",
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Upload
+
+    def ingest(
+        self,
+        files: dict[str, bytes],
+        owner: str,
+        name: str | None = None,
+        name_encoding: str | None = None,
+    ) -> DatasetPublic:
+        """Parse an upload ({file name: content}) and store it for `owner`: the quota check,
+        a parse within the limits (under a bounded number of parses at a time), then `add`,
+        which refuses it if it would take the owner over their stored-bytes quota.
+        Every refusal is a DatasetError (status, message naming the file or field); nothing
+        is stored then."""
+        if name is not None:
+            _check_text_field("name", name, 100)
+        self.check_quota(owner)
+        with self.parse_slot():
+            parsed = parse_upload(files, self.limits, name_encoding=name_encoding)
+            return self.add(parsed, owner, name)
+
+    @contextmanager
+    def parse_slot(self) -> Iterator[None]:
+        """Hold one of this process's UPLOAD_PARSE_CONCURRENCY parse slots (not re-entrant);
+        DatasetError(503, retry_after_s=5) when none frees up within UPLOAD_PARSE_WAIT_S."""
+        if not self._parse_slots.acquire(timeout=self.settings.UPLOAD_PARSE_WAIT_S):
+            raise DatasetError(
+                503,
+                f"{self.settings.UPLOAD_PARSE_CONCURRENCY} uploads are being parsed already "
+                "(TRAINYARD_UPLOAD_PARSE_CONCURRENCY); retry in a few seconds",
+                retry_after_s=5,
+            )
+        try:
+            yield
+        finally:
+            self._parse_slots.release()
 
     def add(self, parsed: ParsedDataset, owner: str, name: str | None = None) -> DatasetPublic:
-        """Store a validated upload and return its record."""
+        """Store a validated upload and return its record. DatasetError (413/429 with the
+        numbers) when it would take the owner over their quota; nothing is stored then."""
         dataset_id = "ds-" + uuid.uuid4().hex[:16]
         keys = DatasetKeys(dataset_id)
         data = to_npz_bytes(parsed)
+        self._ensure_owner_index()
+        owner_key = self._owner_key(owner)
+        s = self.settings
+        refused, count, stored = self._reserve(
+            keys=[owner_key],
+            args=[dataset_id, len(data), s.DATASETS_MAX_PER_OWNER, s.DATASETS_MAX_BYTES_PER_OWNER],
+        )
+        if refused:
+            self._refuse_over_quota(owner, int(count), int(stored), len(data))
+            raise AssertionError("quota script refused within the limits")  # unreachable
+        try:
+            return self._store(dataset_id, keys, parsed, data, owner, name)
+        except BaseException:
+            self.redis.hdel(owner_key, dataset_id)
+            raise
+
+    def _store(
+        self,
+        dataset_id: str,
+        keys: DatasetKeys,
+        parsed: ParsedDataset,
+        data: bytes,
+        owner: str,
+        name: str | None,
+    ) -> DatasetPublic:
         n, h, w, c = parsed.x.shape
         meta = DatasetPublic(
             id=dataset_id,
@@ -88,4 +242,17 @@ class DatasetCatalog:
             n_train,
             max(n_test, 1),
             f"upload ({meta.format})",
+        )
+
+
+def _check_text_field(field: str, value: str, most: int) -> None:
+    """A user-given label: at most `most` characters, no control or line-break characters."""
+    if len(value) > most:
+        raise DatasetError(
+            422, f"{field} is {len(value)} characters; at most {most} are allowed", field=field
+        )
+    bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise DatasetError(
+            422, f"{field} contains the control character {bad!r}; expected text", field=field
         )

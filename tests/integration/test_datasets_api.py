@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import zipfile
 from collections.abc import Callable
 
@@ -13,13 +14,15 @@ import numpy as np
 import pytest
 from minio import Minio
 from PIL import Image
+from redis import Redis
 
 from devstack.stack import Stack
+from shared.catalog import DatasetCatalog
 from shared.client import Client
-from shared.datasets import write_idx
+from shared.datasets import DatasetError, from_npz_bytes, write_idx
 from shared.schemas import DatasetPublic
 from shared.status import JobStatus
-from shared.storage import DatasetKeys
+from shared.storage import DatasetKeys, S3ArtifactStore
 from tests.integration.conftest import UPLOAD_LIMIT
 from workers.trainer.data import load_dataset
 
@@ -202,3 +205,182 @@ def test_torchvision_sets_load_from_the_object_store_cache(
     assert job.total_steps == 32  # 4,000 cached training images in batches of 128
     cached = stack.config.root / "data" / name / cls.__name__ / "raw"
     assert (cached / "train-images-idx3-ubyte").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 14: images stored as a viewer shows them, bombs and quotas refused with numbers
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cp866_zip(entries: dict[str, bytes]) -> bytes:
+    """A zip whose entry names are cp866 bytes without the UTF-8 flag (old Windows tools):
+    written under ASCII stand-ins of the same length, then patched in place."""
+    raw = {name.encode("cp866"): data for name, data in entries.items()}
+    stand_ins = {chr(ord("A") + i).encode() * len(name): name for i, name in enumerate(raw)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for stand_in, data in zip(stand_ins, raw.values(), strict=True):
+            zf.writestr(stand_in.decode(), data)
+    out = buf.getvalue()
+    for stand_in, name in stand_ins.items():
+        out = out.replace(stand_in, name)
+    return out
+
+
+def test_images_are_stored_as_a_viewer_shows_them(http: httpx.Client, s3: S3ArtifactStore) -> None:
+    ink = np.zeros((20, 30), dtype=bool)
+    ink[5:15, 10:12] = True
+    rgba = np.zeros((20, 30, 4), dtype=np.uint8)  # black ink on transparent black
+    rgba[ink] = (0, 0, 0, 255)
+    grey16 = np.where(ink, 50000, 2000).astype(np.uint16)
+    shown = np.zeros((20, 30, 3), dtype=np.uint8)  # a phone photo, shown 30 wide by 20 high
+    shown[:10, :15], shown[10:, 15:] = (200, 30, 40), 255
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # stored 20x30; viewers turn it 90 degrees clockwise
+    photo = io.BytesIO()
+    Image.fromarray(np.rot90(shown, 1)).save(
+        photo, format="JPEG", quality=100, subsampling=0, exif=exif.tobytes()
+    )
+    zipped = _cp866_zip(
+        {
+            "кошка/1.png": _png(Image.fromarray(rgba, "RGBA")),
+            "собака/1.png": _png(Image.fromarray(grey16)),
+            "фото/1.jpg": photo.getvalue(),
+        }
+    )
+    response = http.post(
+        "/v1/datasets", files=_one("old.zip", zipped), data={"name_encoding": "cp866"}
+    )
+    assert response.status_code == 201, response.text
+    ds = DatasetPublic.model_validate(http.get(f"/v1/datasets/{response.json()['id']}").json())
+    assert ds.classes == ["кошка", "собака", "фото"] and ds.image == (3, 20, 30)
+
+    stored = from_npz_bytes(s3.get_bytes(DatasetKeys(ds.id).data))
+    white_ink = np.full((20, 30, 3), 255, dtype=np.uint8)
+    white_ink[ink] = 0
+    np.testing.assert_array_equal(stored.x[0], white_ink)
+    grey = np.where(ink, 195, 8).astype(np.uint8)  # round(value / 257)
+    np.testing.assert_array_equal(stored.x[1], np.repeat(grey[..., None], 3, axis=2))
+    assert np.abs(stored.x[2].astype(int) - shown.astype(int)).max() <= 3  # JPEG
+
+
+def _stored_count(stack: Stack, minio_client: Minio) -> int:
+    found = minio_client.list_objects(stack.config.bucket, prefix="datasets/ds-", recursive=True)
+    return len(list(found))
+
+
+def _big_images_zip() -> bytes:
+    one = _png(Image.new("RGB", (1024, 1024), (10, 20, 30)))
+    return _zip({f"c{i % 3}/{i}.png": one for i in range(600)})  # 1.9 GB of pixels
+
+
+def _idx_bomb() -> bytes:
+    # A real header for 3000 images of 1024x1024 (3 GiB), then the start of its pixels.
+    return gzip.compress(b"\x00\x00\x08\x03" + struct.pack(">3I", 3000, 1024, 1024) + bytes(2**20))
+
+
+REFUSED: dict[str, tuple[Files, dict[str, str], int, list[str], str | None]] = {
+    "gzip idx bomb": (
+        _one("train-images.gz", _idx_bomb()),
+        {},
+        413,
+        ["decoded images take 3145728000"],
+        None,
+    ),
+    "zip of large images": (
+        _one("big.zip", _big_images_zip()),
+        {},
+        413,
+        ["decoded images take 1887436800"],
+        None,
+    ),
+    "unknown name_encoding": (
+        _one("d.zip", _zip({"a/1.png": _png_bytes()})),
+        {"name_encoding": "nope"},
+        422,
+        ["'nope'"],
+        "name_encoding",
+    ),
+    "long class name": (
+        _one("d.zip", _zip({"c" * 65 + "/1.png": _png_bytes()})),
+        {},
+        422,
+        ["at most 64"],
+        None,
+    ),
+    "control character in a class name": (
+        _one("d.zip", _zip({"a\x07b/1.png": _png_bytes()})),
+        {},
+        422,
+        ["control"],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_bombs_and_odd_names_are_refused_and_nothing_is_stored(
+    case: str, stack: Stack, http: httpx.Client, minio_client: Minio
+) -> None:
+    files, data, status, says, field = REFUSED[case]
+    before = _stored_count(stack, minio_client)
+    response = http.post("/v1/datasets", files=files, data=data)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    for part in says:
+        assert part in error["message"]
+    assert error.get("field") == field
+    assert _stored_count(stack, minio_client) == before
+
+
+def test_owner_quotas_are_429_and_413_with_the_numbers(
+    stack: Stack, as_user: dict[str, Client], redis: Redis, minio_client: Minio
+) -> None:
+    settings = stack.config.settings()
+    index = f"{settings.KEY_PREFIX}:owner:bob:datasets"
+    fake = [f"ds-quota-{i}" for i in range(settings.DATASETS_MAX_PER_OWNER)]
+    before = _stored_count(stack, minio_client)
+    upload = _one("d.zip", _zip({"a/1.png": _png_bytes()}))
+    http = as_user["bob"].http
+    try:
+        with redis.pipeline() as pipe:  # bob "has" the most data sets allowed
+            for fake_id in fake:
+                pipe.hset(index, fake_id, 1)
+            pipe.execute()
+        response = http.post("/v1/datasets", files=upload)
+        assert response.status_code == 429, response.text
+        limit = settings.DATASETS_MAX_PER_OWNER
+        assert f"{limit} data sets; the limit is {limit}" in response.json()["error"]["message"]
+
+        redis.delete(index)
+        almost = settings.DATASETS_MAX_BYTES_PER_OWNER - 10  # room for 10 more bytes only
+        redis.hset(index, "ds-quota-0", almost)
+        response = http.post("/v1/datasets", files=upload)
+        assert response.status_code == 413, response.text
+        message = response.json()["error"]["message"]
+        assert f"take {almost} stored bytes" in message and "would add" in message
+        assert str(settings.DATASETS_MAX_BYTES_PER_OWNER) in message
+    finally:
+        redis.hdel(index, *fake)
+    assert _stored_count(stack, minio_client) == before
+
+
+def test_parses_beyond_the_concurrency_are_refused_with_retry(
+    stack: Stack, redis: Redis, s3: S3ArtifactStore
+) -> None:
+    update = {"UPLOAD_PARSE_CONCURRENCY": 1, "UPLOAD_PARSE_WAIT_S": 0.0}
+    settings = stack.config.settings().model_copy(update=update)
+    catalog = DatasetCatalog(redis, s3, settings.KEY_PREFIX, settings)
+    files = {"d.zip": _zip({"a/1.png": _png_bytes()})}
+    with catalog.parse_slot(), pytest.raises(DatasetError) as caught:
+        catalog.ingest(files, "bob")  # the one slot is taken
+    assert caught.value.status == 503 and caught.value.retry_after_s
+    assert "retry" in str(caught.value) and "TRAINYARD_UPLOAD_PARSE_CONCURRENCY" in str(
+        caught.value
+    )
+    assert catalog.ingest(files, "bob").num_images == 1  # free again

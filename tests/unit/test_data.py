@@ -41,3 +41,28 @@ def test_prepare_scales_crops_resizes_and_makes_rgb() -> None:
     assert up.shape == (2, 1, 128, 128) and up.min() >= 0 and up.max() <= 1
     same = Prepare(None, None, None)(x)
     assert torch.equal(same, x.float() / 255)
+
+
+def test_dataset_cache_is_bounded_by_bytes_and_evicts_least_recently_used() -> None:
+    from workers.trainer.data import cached, nbytes
+
+    clear_cache()
+    mnist, fake = load_dataset("mnist-5k"), load_dataset("fake")
+    both = nbytes(mnist) + nbytes(fake)
+    clear_cache()
+    load_dataset("mnist-5k", cache_bytes=both)
+    load_dataset("fake", cache_bytes=both)
+    assert cached() == ["mnist-5k", "fake"]
+    load_dataset("mnist-5k", cache_bytes=both)  # used again: now the most recent
+    assert cached() == ["fake", "mnist-5k"]
+    # A bound that holds one of them: the least recently used goes.
+    clear_cache()
+    one = max(nbytes(mnist), nbytes(fake))
+    load_dataset("mnist-5k", cache_bytes=one)
+    load_dataset("fake", cache_bytes=one)
+    assert cached() == ["fake"]
+    # A set larger than the whole bound is returned but not kept.
+    clear_cache()
+    assert load_dataset("mnist-5k", cache_bytes=nbytes(mnist) - 1).train_x.shape[0] == 4000
+    assert cached() == []
+    clear_cache()

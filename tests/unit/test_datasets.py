@@ -7,6 +7,7 @@ import io
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,12 +255,37 @@ def gzip_bomb() -> bytes:
     return gzip.compress(bytes(50_000_000), compresslevel=1)
 
 
+def idx_gzip_bomb(shape: tuple[int, int, int], zeros: int = 20_000_000) -> bytes:
+    """A gzipped IDX images file: a real header for `shape`, then `zeros` zero bytes."""
+    return gzip.compress(idx_header(8, shape) + bytes(zeros), compresslevel=9)
+
+
 X = images(4, 5, 5)
 IMAGES, LABELS = write_idx(X), write_idx(labels(4, 3))
 PNG_8, PNG_9 = encode(images(1, 8, 8)[0]), encode(images(1, 9, 8)[0])
 SMALL = Limits(
     max_upload_bytes=10_000, max_decoded_bytes=1_000_000, max_images=10, max_side=8, max_classes=3
 )
+
+
+def odd_zip(**fields: int) -> bytes:
+    """A zip of one image whose ZipInfo fields are set as given (e.g. extract_version)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("a/1.png")
+        for key, value in fields.items():
+            setattr(info, key, value)
+        zf.writestr(info, PNG_8)
+    return buf.getvalue()
+
+
+def encrypted(archive: bytes) -> bytes:
+    """The one-entry zip with its "encrypted" flag set (the data stay as they are)."""
+    central = archive.index(b"PK\x01\x02")
+    flags = bytearray(archive)
+    flags[6] |= 1  # local header: general purpose flags
+    flags[central + 8] |= 1  # central directory entry: the same
+    return bytes(flags)
 
 
 def lying_npz() -> bytes:
@@ -294,8 +320,13 @@ REJECTS = [
            413, ["11 images", "limit is 10"]),
     Reject("idx-too-many-classes", partial(parse_idx, IMAGES, write_idx(np.array([0, 1, 2, 3],
            dtype=np.uint8)), SMALL), 422, ["4 classes", "at most 3"]),
-    Reject("gzip-bomb", lambda: parse_upload({"images.gz": gzip_bomb()},
-           Limits(max_decoded_bytes=1_000_000)), 413, ["images.gz", "1000000 bytes"]),
+    Reject("gzip-idx-bomb", lambda: parse_upload({"images.gz": idx_gzip_bomb((3000, 1024,
+           1024))}, Limits(max_decoded_bytes=1_000_000)), 413, ["images.gz",
+           "decoded images take 3145728000 bytes", "1000000 bytes"]),
+    Reject("gzip-idx-trailing-bomb", lambda: parse_upload({"images.gz": idx_gzip_bomb((1, 2,
+           2))}), 400, ["images.gz", "trailing bytes", "(1, 2, 2)", "decompresses to more than"]),
+    Reject("gzip-zeros-bomb", lambda: parse_upload({"images.gz": gzip_bomb()}), 400,
+           ["images.gz", "data type 0x00"]),
     Reject("gzip-corrupt", partial(parse_idx, gzip.compress(IMAGES)[:-8], None), 400,
            ["corrupt gzip"]),
     # npz
@@ -349,6 +380,10 @@ REJECTS = [
     Reject("zip-too-many-classes", partial(parse_zip, make_zip({f"{c}/1.png": PNG_8
            for c in "abcd"}), SMALL), 422, ["4 classes", "at most 3"]),
     Reject("zip-not-a-zip", partial(parse_zip, b"PK nope"), 400, ["not a zip"]),
+    Reject("zip-newer-version", partial(parse_zip, odd_zip(extract_version=99)), 400,
+           ["not a zip", "version"]),
+    Reject("npz-encrypted-member", partial(parse_npz, encrypted(npz(x=X))), 400,
+           ["'x'", "encrypted"]),
     # whole upload
     Reject("oversize-upload", partial(parse_upload, {"d.npz": bytes(10_001)}, SMALL), 413,
            ["10001 bytes", "limit is 10000"]),
@@ -395,3 +430,249 @@ def test_module_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Images are stored as a viewer shows them (issue 14, item 3)
+
+
+def png(image: Image.Image, **params: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", **params)
+    return buf.getvalue()
+
+
+def jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    """A near-lossless JPEG (quality 100, no chroma subsampling) with an EXIF Orientation."""
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=100, subsampling=0, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+INK = np.zeros((6, 5), dtype=bool)
+INK[1:5, 2] = True  # a vertical stroke
+INK[1, 1:4] = True
+
+
+def test_alpha_is_composited_over_white() -> None:
+    # Black ink on a fully transparent (black) background, as drawing tools save it, plus a
+    # half-transparent red dot; and the same in grey + alpha.
+    rgba = np.zeros((6, 5, 4), dtype=np.uint8)
+    rgba[INK] = (0, 0, 0, 255)
+    rgba[5, 4] = (255, 0, 0, 128)
+    la = np.zeros((6, 5, 2), dtype=np.uint8)
+    la[INK] = (40, 255)
+    colour = parse_zip(make_zip({"a/1.png": png(Image.fromarray(rgba, "RGBA"))}))
+    grey = parse_zip(make_zip({"a/1.png": png(Image.fromarray(la, "LA"))}))
+
+    expected = np.full((6, 5, 3), 255, dtype=np.uint8)
+    expected[INK] = 0
+    expected[5, 4] = (255, 127, 127)  # 255 * 128/255 + 255 * 127/255; 0 + 255 * 127/255
+    np.testing.assert_array_equal(colour.x[0], expected)
+    expected_grey = np.where(INK, 40, 255).astype(np.uint8)[..., None]
+    np.testing.assert_array_equal(grey.x[0], expected_grey)
+
+
+def test_16_bit_grey_is_scaled_over_the_full_range() -> None:
+    ink = np.where(INK, 50000, 2000).astype(np.uint16)
+    ink[0, 0], ink[0, 4] = 0, 65535
+    other = np.full((6, 5), 30000, dtype=np.uint16)
+    entries = {"ink/1.png": png(Image.fromarray(ink)), "flat/1.png": png(Image.fromarray(other))}
+    ds = parse_zip(make_zip(entries))
+    assert Image.open(io.BytesIO(png(Image.fromarray(ink)))).mode == "I;16"
+    expected = np.where(INK, 195, 8).astype(np.uint8)  # round(v / 257), not stretched
+    expected[0, 0], expected[0, 4] = 0, 255
+    assert ds.classes == ["flat", "ink"]
+    np.testing.assert_array_equal(ds.x[1, ..., 0], expected)
+    np.testing.assert_array_equal(ds.x[0, ..., 0], np.full((6, 5), 117))  # 30000 / 257
+
+
+def test_exif_orientation_is_applied_before_sizes_are_compared() -> None:
+    # Viewers show every image below as 30 wide by 20 high.
+    shown = np.zeros((20, 30, 3), dtype=np.uint8)
+    shown[:10, :15] = (200, 30, 40)
+    shown[10:, 15:] = 255
+    upside_down = jpeg(np.rot90(shown, 2), orientation=3)  # stored rotated by 180
+    portrait = jpeg(np.rot90(shown, 1), orientation=6)  # a phone's 20x30, turned 90 CW to view
+    plain = jpeg(shown, orientation=1)
+    ds = parse_zip(make_zip({"a/1.jpg": upside_down, "b/2.jpg": portrait, "c/3.jpg": plain}))
+    assert ds.x.shape == (3, 20, 30, 3)
+    for stored in ds.x:
+        assert np.abs(stored.astype(int) - shown.astype(int)).max() <= 3
+
+
+def test_palette_1_bit_and_cmyk_are_stored_as_shown() -> None:
+    # Palette with a transparent index, 1-bit, CMYK and grey + alpha in one set -> RGB.
+    index = np.where(INK, 1, 0).astype(np.uint8)
+    palette = Image.fromarray(index, "P")
+    palette.putpalette([0, 0, 0, 10, 120, 250] + [0] * 762)
+    palette.info["transparency"] = 0
+    one_bit = Image.fromarray(INK).convert("1")
+    cmyk = np.zeros((6, 5, 4), dtype=np.uint8)
+    cmyk[INK] = (255, 0, 0, 0)  # cyan ink on white
+    tiff = io.BytesIO()
+    Image.fromarray(cmyk, "CMYK").save(tiff, format="TIFF")
+    la = np.zeros((6, 5, 2), dtype=np.uint8)
+    la[INK] = (0, 255)
+    ds = parse_zip(
+        make_zip(
+            {
+                "a/palette.png": png(palette, transparency=0),
+                "b/one-bit.png": png(one_bit),
+                "c/cmyk.tif": tiff.getvalue(),
+                "d/grey-alpha.png": png(Image.fromarray(la, "LA")),
+            }
+        )
+    )
+    white = np.full((6, 5, 3), 255, dtype=np.uint8)
+    expected = [white.copy() for _ in range(4)]
+    expected[0][INK] = (10, 120, 250)
+    expected[1][INK] = 255  # 1-bit: the stroke is white on black
+    expected[1][~INK] = 0
+    expected[2][INK] = (0, 255, 255)
+    expected[3][INK] = 0
+    np.testing.assert_array_equal(ds.x, np.stack(expected))
+
+
+def raw_name_zip(entries: dict[bytes, bytes], utf8_flag: bool = False) -> bytes:
+    """A zip whose entry names are these exact bytes, without the UTF-8 flag unless asked:
+    written under ASCII stand-ins of the same length, then patched in place."""
+    stand_ins = {chr(ord("A") + i).encode() * len(raw): raw for i, raw in enumerate(entries)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for stand_in, data in zip(stand_ins, entries.values(), strict=True):
+            info = zipfile.ZipInfo(stand_in.decode())
+            info.flag_bits |= 0x800 if utf8_flag else 0
+            zf.writestr(info, data)
+    out = buf.getvalue()
+    for stand_in, raw in stand_ins.items():
+        assert out.count(stand_in) == 2  # local header and central directory
+        out = out.replace(stand_in, raw)
+    return out
+
+
+def test_zip_names_without_the_utf8_flag() -> None:
+    cat, dog = "кошка/1.png".encode("cp866"), "собака/1.png".encode("cp866")
+    zipped = raw_name_zip({cat: PNG_8, dog: PNG_8})
+    named = parse_upload({"old.zip": zipped}, name_encoding="cp866")
+    assert named.classes == ["кошка", "собака"]
+    # Without name_encoding: cp437, as the zip standard says (other letters, no controls).
+    as_cp437 = sorted(c.encode("cp866").decode("cp437") for c in ("кошка", "собака"))
+    assert parse_upload({"old.zip": zipped}).classes == as_cp437
+    # UTF-8 written without the flag (macOS Archive Utility) and decomposed (NFD) names.
+    mac = raw_name_zip({"café/1.png".encode(): PNG_8, "cafe\u0301s/1.png".encode(): PNG_8})
+    assert parse_upload({"mac.zip": mac}).classes == ["café", "cafés"]
+
+
+@pytest.mark.parametrize("encoding", ["nope", "rot13", "base64"])
+def test_unknown_name_encoding_is_refused(encoding: str) -> None:
+    with pytest.raises(DatasetError) as caught:
+        parse_upload({"d.zip": make_zip({"a/1.png": PNG_8})}, name_encoding=encoding)
+    assert caught.value.status == 422 and caught.value.field == "name_encoding"
+    assert repr(encoding) in str(caught.value)
+
+
+def test_names_that_do_not_decode_are_refused() -> None:
+    zipped = raw_name_zip({b"\xff\xfe/1.png": PNG_8})
+    with pytest.raises(DatasetError) as caught:
+        parse_upload({"d.zip": zipped}, name_encoding="utf-8")
+    assert caught.value.status == 422 and caught.value.field == "name_encoding"
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        ({"d.zip": make_zip({"a\x01b/1.png": PNG_8})}, ["'a\\x01b/1.png'", "control character"]),
+        ({"d.zip": raw_name_zip({b"a\x1bb/1.png": PNG_8})}, ["control character", "\\x1b"]),
+        ({"d.zip": make_zip({"x" * 65 + "/1.png": PNG_8})}, ["65 characters", "at most 64"]),
+        (
+            {"d.npz": npz(x=X, y=np.zeros(4, dtype=int), classes=np.array(["a" * 100_000]))},
+            ["100000 characters", "at most 64"],
+        ),
+        (
+            {"d.npz": npz(x=X, y=np.zeros(4, dtype=int), classes=np.array(["a\nb"]))},
+            ["control character"],
+        ),
+    ],
+    ids=["zip-control", "zip-escape-no-flag", "zip-long", "npz-100kb", "npz-newline"],
+)
+def test_class_names_are_short_and_printable(files: dict[str, bytes], says: list[str]) -> None:
+    with pytest.raises(DatasetError) as caught:
+        parse_upload(files)
+    assert caught.value.status == 422
+    message = str(caught.value)
+    assert len(message) < 400 and "\n" not in message
+    for part in says:
+        assert part in message
+
+
+def test_entries_with_empty_names_are_skipped() -> None:
+    # zipfile cuts names at a NUL byte: an entry named b"\0" reads back as "".
+    zipped = make_zip({"Q": b"", "a/1.png": PNG_8})
+    central = zipped.index(b"PK\x01\x02")
+    assert zipped[30:31] == zipped[central + 46 : central + 47] == b"Q"
+    zipped = zipped[:30] + b"\0" + zipped[31 : central + 46] + b"\0" + zipped[central + 47 :]
+    ds = parse_zip(zipped)
+    assert ds.classes == ["a"] and len(ds.x) == 1
+
+
+def test_float_images_are_refused_with_a_reason() -> None:
+    grey = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), "F")
+    tiff = io.BytesIO()
+    grey.save(tiff, format="TIFF")
+    with pytest.raises(DatasetError, match="floating-point") as caught:
+        parse_zip(make_zip({"a/1.tif": tiff.getvalue()}))
+    assert caught.value.status == 422
+
+
+# --------------------------------------------------------------------------------------------
+# Bombs are refused within a small, fixed amount of memory (issue 14, item 2)
+
+
+def peak_memory(call: Callable[[], object]) -> tuple[int, BaseException | None]:
+    """(peak bytes allocated by Python and numpy during call(), what it raised)."""
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except Exception as exc:
+        raised = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak, raised
+
+
+def test_gzip_idx_bomb_is_refused_on_its_header() -> None:
+    bomb = idx_gzip_bomb((200, 1000, 1000), zeros=200_000_000)  # 200 KB -> 200 MB
+    peak, raised = peak_memory(
+        partial(parse_upload, {"images.gz": bomb}, Limits(max_decoded_bytes=100_000_000))
+    )
+    assert isinstance(raised, DatasetError) and raised.status == 413
+    assert "200000000 bytes" in str(raised)
+    assert peak < 2_000_000
+
+
+def test_gzip_stops_at_the_declared_size() -> None:
+    bomb = idx_gzip_bomb((10, 100, 100), zeros=200_000_000)  # 100 KB of pixels, then 200 MB
+    peak, raised = peak_memory(partial(parse_upload, {"images.gz": bomb}))
+    assert isinstance(raised, DatasetError) and raised.status == 400
+    assert "trailing bytes" in str(raised)
+    assert peak < 5_000_000
+
+
+def test_zip_of_large_images_is_refused_before_decoding() -> None:
+    # 600 RGB PNGs of 1024x1024 (the issue's 1.9 MB zip): 1.9 GB of pixels.
+    one = png(Image.new("RGB", (1024, 1024), (10, 20, 30)))
+    zipped = make_zip({f"c{i % 3}/{i}.png": one for i in range(600)})
+    peak, raised = peak_memory(partial(parse_upload, {"big.zip": zipped}))
+    assert isinstance(raised, DatasetError) and raised.status == 413
+    assert "1887436800 bytes" in str(raised)
+    assert peak < 20_000_000
+
+
+def test_default_decoded_budget_is_well_under_the_api_memory_limit() -> None:
+    assert Limits().max_decoded_bytes <= 512 * 2**20

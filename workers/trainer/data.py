@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from shared.config import get_settings
 from shared.datasets import from_npz_bytes
 from shared.schemas import DatasetPublic
 from shared.storage import ArtifactNotFound, ArtifactStore, DatasetKeys
@@ -178,27 +180,59 @@ def _uploaded(dataset_id: str, store: ArtifactStore | None) -> ImageData:
     return _from_arrays(meta.id, x, y, meta.classes, train_idx, test_idx)
 
 
-_cache: dict[str, ImageData] = {}
+# Data sets this process keeps warm, least recently used first, within a byte bound.
+_cache: OrderedDict[str, ImageData] = OrderedDict()
 _lock = threading.Lock()
 
 
+def _load(name: str, store: ArtifactStore | None, cache_dir: Path) -> ImageData:
+    if name == "mnist-5k":
+        return _mnist_5k()
+    if name == "fake":
+        return _fake()
+    if name in ("mnist", "fashion-mnist"):
+        return _torchvision(name, store, cache_dir)
+    if name.startswith("ds-"):
+        return _uploaded(name, store)
+    raise ValueError(f"unknown data set {name!r}")
+
+
+def nbytes(data: ImageData) -> int:
+    """Memory the data set's tensors take, in bytes."""
+    tensors = (data.train_x, data.train_y, data.test_x, data.test_y)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def load_dataset(
-    name: str, store: ArtifactStore | None = None, cache_dir: str | Path = ".trainyard/data"
+    name: str,
+    store: ArtifactStore | None = None,
+    cache_dir: str | Path = ".trainyard/data",
+    cache_bytes: int | None = None,
 ) -> ImageData:
-    """The named data set on the CPU, loaded once per process (workers keep it warm)."""
+    """The named data set on the CPU. Workers keep loaded sets warm in a per-process cache of
+    at most `cache_bytes` (TRAINYARD_WORKER_DATASET_CACHE_BYTES when None), evicting the least
+    recently used; a set larger than the whole bound is returned but not kept."""
+    limit = get_settings().WORKER_DATASET_CACHE_BYTES if cache_bytes is None else cache_bytes
     with _lock:
-        if name not in _cache:
-            if name == "mnist-5k":
-                _cache[name] = _mnist_5k()
-            elif name == "fake":
-                _cache[name] = _fake()
-            elif name in ("mnist", "fashion-mnist"):
-                _cache[name] = _torchvision(name, store, Path(cache_dir))
-            elif name.startswith("ds-"):
-                _cache[name] = _uploaded(name, store)
-            else:
-                raise ValueError(f"unknown data set {name!r}")
-        return _cache[name]
+        found = _cache.get(name)
+        if found is not None:
+            _cache.move_to_end(name)
+            return found
+        data = _load(name, store, Path(cache_dir))
+        size = nbytes(data)
+        if size <= limit:
+            _cache[name] = data
+            kept = sum(nbytes(d) for d in _cache.values())
+            while kept > limit:
+                _, dropped = _cache.popitem(last=False)
+                kept -= nbytes(dropped)
+        return data
+
+
+def cached() -> list[str]:
+    """Names of the data sets kept warm, least recently used first."""
+    with _lock:
+        return list(_cache)
 
 
 def clear_cache() -> None:
