@@ -51,6 +51,7 @@ bench: install
 	$(PY) -m bench.dispatch
 	$(PY) -m bench.api_load
 	$(PY) -m bench.api_load --processes 2
+	$(PY) -m bench.front_door
 	$(PY) -m bench.checkpoint_io
 	$(PY) -m bench.book_memory
 	-$(PY) -m bench.gpu_speed

@@ -26,6 +26,14 @@ REQUEST_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Request body bytes handed to the app (after limits.RequestGuard's checks), by route template:
+# a refused request adds nothing.
+REQUEST_BODY_BYTES = Counter(
+    "trainyard_http_request_body_bytes",
+    "Request body bytes read by the API",
+    ["method", "route"],
+    registry=REGISTRY,
+)
 JOBS_SUBMITTED = Counter(
     "trainyard_api_jobs_submitted", "Jobs accepted by this API process", ["task"], registry=REGISTRY
 )

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, Depends, Request, status
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 
-from services.api.deps import CatalogDep, PrincipalDep, SettingsDep, get_principal
+from services.api.deps import (
+    CatalogDep,
+    DatasetIdDep,
+    PrincipalDep,
+    get_principal,
+)
 from services.api.errors import ERROR_RESPONSES, ApiProblem
-from shared.datasets import DatasetError, Limits, parse_upload
+from shared.datasets import DatasetError
 from shared.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(
@@ -17,45 +25,85 @@ router = APIRouter(
     responses=ERROR_RESPONSES,
     dependencies=[Depends(get_principal)],
 )
-CHUNK = 1 << 20
+T = TypeVar("T")
+# The multipart form POST /v1/datasets takes. The route reads it itself, after the quota
+# check, so it is documented here rather than declared as File/Form parameters (FastAPI would
+# parse those before any check ran). Its size is capped by limits.RequestGuard
+# (UPLOAD_MAX_BYTES for the whole body, so for every part, files included).
+MAX_FILES = 8
+TEXT_FIELD_MAX_BYTES = 1024
+UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                            },
+                            "minItems": 1,
+                            "maxItems": MAX_FILES,
+                            "description": "IDX images (+ labels), raw or gzip; or one .npz "
+                            "(x, y, classes); or one .zip of class folders",
+                        },
+                        "name": {"type": "string", "maxLength": 100},
+                        "name_encoding": {
+                            "type": "string",
+                            "maxLength": 32,
+                            "description": "The code page of zip entry names stored without "
+                            'the UTF-8 flag (e.g. "cp866"); cp437, the zip standard\'s, '
+                            "when not given",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-def upload_dataset(
-    request: Request,
-    principal: PrincipalDep,
-    catalog: CatalogDep,
-    settings: SettingsDep,
-    files: Annotated[
-        list[UploadFile],
-        File(
-            description="IDX images (+ labels), "
-            "raw or gzip; or one .npz (x, y, classes); or one .zip of "
-            "class folders"
-        ),
-    ],
-    name: Annotated[str | None, Form(max_length=100)] = None,
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_FORM)
+async def upload_dataset(
+    request: Request, principal: PrincipalDep, catalog: CatalogDep
 ) -> DatasetPublic:
-    """Upload a data set; it is validated, stored in the object store and given an id."""
-    limit = settings.UPLOAD_MAX_BYTES
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit + 64 * 1024:  # multipart framing aside, refuse before reading
-        raise ApiProblem(413, f"upload of {declared} bytes is over the {limit}-byte limit")
-    received: dict[str, bytes] = {}
-    total = 0
-    for upload in files:
-        data = bytearray()
-        while chunk := upload.file.read(CHUNK):
-            data += chunk
-            total += len(chunk)
-            if total > limit:
-                raise ApiProblem(413, f"upload is over the {limit}-byte limit")
-        received[upload.filename or f"file{len(received)}"] = bytes(data)
+    """Upload a data set; it is validated, stored in the object store and given an id.
+    429/413 before the body is read when the owner's data set quota is used up."""
+    await _catalog_call(catalog.check_quota, principal.owner)
+    async with request.form(
+        max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=TEXT_FIELD_MAX_BYTES
+    ) as form:
+        files: dict[str, bytes] = {}
+        for i, part in enumerate(form.getlist("files")):
+            if not isinstance(part, UploadFile):
+                raise ApiProblem(422, "files: each part must be a file", field="files")
+            files[part.filename or f"file{i}"] = await part.read()
+        name, name_encoding = _text(form, "name"), _text(form, "name_encoding")
+    if not files:
+        raise ApiProblem(422, "files: at least one file is required", field="files")
+    return await _catalog_call(catalog.ingest, files, principal.owner, name, name_encoding)
+
+
+def _text(form: FormData, field: str) -> str | None:
+    value = form.get(field)
+    if value is not None and not isinstance(value, str):
+        raise ApiProblem(422, f"{field}: expected text, not a file", field=field)
+    return value
+
+
+async def _catalog_call(call: Callable[..., T], *args: Any) -> T:
+    """A catalog call in the thread pool (it does Redis, S3 and CPU work); DatasetError as the
+    API's error (its status, message, field, Retry-After)."""
     try:
-        parsed = parse_upload(received, Limits(max_upload_bytes=limit))
+        return await run_in_threadpool(call, *args)
     except DatasetError as exc:
-        raise ApiProblem(exc.status, str(exc)) from exc
-    return catalog.add(parsed, principal.owner, name)
+        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        raise ApiProblem(exc.status, str(exc), field=exc.field, headers=retry) from exc
 
 
 @router.get("")
@@ -67,6 +115,8 @@ def list_datasets(principal: PrincipalDep, catalog: CatalogDep) -> DatasetsPubli
 
 
 @router.get("/{dataset_id}")
-def get_dataset(dataset_id: str, principal: PrincipalDep, catalog: CatalogDep) -> DatasetPublic:
+def get_dataset(
+    dataset_id: DatasetIdDep, principal: PrincipalDep, catalog: CatalogDep
+) -> DatasetPublic:
     """One uploaded data set."""
     return catalog.get(dataset_id, principal)
