@@ -63,6 +63,8 @@ def cmd_submit(api: Client, args: argparse.Namespace) -> int:
         f"submitted [bold]{job.id}[/bold] ({job.spec.task} {job.spec.model} on "
         f"{job.spec.dataset}, {job.spec.mode} mode)"
     )
+    if job.being_planned and job.pending:
+        out.print(f"  pending   {job.pending.reason}")
     return cmd_watch(api, argparse.Namespace(job_id=job.id)) if args.watch else 0
 
 
@@ -212,7 +214,8 @@ def cmd_datasets(api: Client, args: argparse.Namespace) -> int:
 
 def _status(job: JobPublic) -> str:
     colour = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
-    return f"[{colour.get(job.status.value, 'white')}]{job.status.value}[/]"
+    planning = " (being planned)" if job.being_planned else ""
+    return f"[{colour.get(job.status.value, 'white')}]{job.status.value}{planning}[/]"
 
 
 def _result(job: JobPublic) -> str:

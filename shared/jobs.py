@@ -8,8 +8,8 @@ at the same time as the owner nor overwrite newer state."""
 
 from __future__ import annotations
 
-import base64
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -125,8 +125,14 @@ class RedisKeys:
     def plan_cache(self, key: str) -> str:
         return f"{self.prefix}:plan:{key}"
 
-    def plan_reply(self, request: str) -> str:
-        return f"{self.prefix}:plan:reply:{request}"
+    def plan_waiting(self, key: str) -> str:  # SET: ids of jobs waiting for key's probe
+        return f"{self.prefix}:plan:waiting:{key}"
+
+    def plan_inflight(self, key: str) -> str:  # set while a planner worker is asked to probe
+        return f"{self.prefix}:plan:inflight:{key}"
+
+    def plan_rate(self, owner: str) -> str:  # an owner's probe requests this minute
+        return f"{self.prefix}:plan:rate:{owner}"
 
 
 @dataclass(frozen=True)
@@ -284,6 +290,33 @@ return {'ok', queued}
 """
 )
 
+# Settle a job that waited for the planner's probe (shared/planning.py): only while it is
+# queued and still waiting on this plan key, so exactly one process settles it. Routed: it
+# moves to its class's queue index (its message is sent next). Failed: terminal, as
+# _TRANSITION does it. KEYS: job, active, owner key prefix, stats, key prefix.
+# ARGV: plan key, target ('queued' or 'failed'), field, value, ...
+_SETTLE_PLANNED = (
+    _QUEUED_INDEX
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+if redis.call('HGET', KEYS[1], 'planning') ~= ARGV[1] then return 0 end
+index_queued(KEYS[5], KEYS[1], false)
+redis.call('HDEL', KEYS[1], 'planning')
+local fields = {'status', ARGV[2]}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[2] == 'queued' then
+  index_queued(KEYS[5], KEYS[1], true)
+else
+  redis.call('SREM', KEYS[2], KEYS[1])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then redis.call('SREM', KEYS[3] .. owner .. ':active', KEYS[1]) end
+  redis.call('HINCRBY', KEYS[4], 'finished:' .. ARGV[2], 1)
+end
+return 1
+"""
+)
+
 _JSON_FIELDS = ("spec", "result", "pending")
 
 
@@ -323,6 +356,7 @@ class JobRegistry:
         self._renew = redis.register_script(_RENEW)
         self._fenced_hset = redis.register_script(_FENCED_HSET)
         self._reclaim = redis.register_script(_RECLAIM)
+        self._settle_planned = redis.register_script(_SETTLE_PLANNED)
         self._durations: tuple[float, list[float]] = (-1e9, [])
 
     # --- records
@@ -521,6 +555,23 @@ class JobRegistry:
             raise IllegalTransition(JobStatus(_text(current)), target)
         return JobStatus(_text(current))
 
+    def settle_planned(self, job_id: str, plan_key: str, target: JobStatus, **fields: Any) -> bool:
+        """A job that waited for its memory probe: route it (`target` queued, with its queue
+        and predictions in `fields`) or fail it, atomically, only if it is still queued
+        and waiting on `plan_key`. True if this call settled it. Sends no message."""
+        assert target in (JobStatus.QUEUED, JobStatus.FAILED)
+        if target.is_terminal():
+            fields.setdefault("finished_at", utcnow())
+        else:
+            fields.setdefault("enqueued_at", utcnow())
+        k = self.keys
+        return bool(
+            self._settle_planned(
+                keys=[k.job(job_id), k.active(), f"{k.prefix}:owner:", k.stats(), f"{k.prefix}:"],
+                args=[plan_key, target.value, *_flatten(fields)],
+            )
+        )
+
     def update(self, job_id: str, lease: Lease | None = None, **fields: Any) -> None:
         """Set non-status fields (progress, ...); with `lease`, only while it is held."""
         if lease is None:
@@ -678,6 +729,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# A job id: 16 lowercase hex digits (new_job_id). The API validates path ids against it.
+JOB_ID = r"^[0-9a-f]{16}$"
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -686,20 +741,24 @@ def _score(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000)  # microseconds: exact in a double, sorts by time
 
 
+# A page cursor: "<score>-<job id>", the last job returned and its index score (microseconds).
+# Every string of this form is a valid cursor, so the API can document it as a pattern.
+CURSOR = r"^[0-9]{1,19}-[0-9a-f]{16}$"
+
+
 def _make_cursor(score: float, job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{int(score)}:{job_id}".encode()).decode().rstrip("=")
+    return f"{int(score)}-{job_id}"
 
 
 def _read_cursor(cursor: str | None) -> tuple[float | str, str | None]:
-    """(highest score to read, id already returned at that score); a bad cursor is a 422."""
+    """(highest score to read, id already returned at that score); InvalidCursor unless it
+    matches CURSOR."""
     if not cursor:
         return "+inf", None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, job_id = raw.split(":", 1)
-        return int(score), job_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidCursor(cursor) from exc
+    if not re.fullmatch(CURSOR, cursor):
+        raise InvalidCursor(cursor)
+    score, job_id = cursor.split("-", 1)
+    return int(score), job_id
 
 
 def _seen(job_id: str, score: float, top: Any, after_id: str | None) -> bool:

@@ -12,17 +12,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import uuid
+import time
 from dataclasses import dataclass
 
 from celery import Celery
 from pydantic import BaseModel, Field
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.config import Settings
-from shared.jobs import RedisKeys
-from shared.schemas import JobSpec
+from shared.events import EventStream
+from shared.jobs import JobRegistry, RedisKeys, _text
+from shared.queue import enqueue_training
+from shared.schemas import JobEvent, JobSpec, JobSpecAdapter
+from shared.status import JobStatus
 from shared.workers import WorkerRegistry
+from shared.zoo import MODELS, transformed_shape
 
 GIB = 1024**3
 
@@ -49,10 +54,14 @@ def peak_at(lines: list[Line], batch: int) -> float:
 
 
 def predict(probe: ProbeResult, batch: int) -> tuple[int, int]:
-    """(cpu, gpu) predicted peak tensor bytes of one training step at `batch`."""
+    """(cpu, gpu) predicted peak tensor bytes of one training step at `batch`. The GPU figure
+    is never below the host one: rounding to blocks only adds (the rounded lines, fitted at
+    small batches, can extrapolate a little under the raw ones)."""
     if batch == 1:
-        return int(probe.at_batch_1[0]), int(probe.at_batch_1[1])
-    return int(peak_at(probe.cpu, batch)), int(peak_at(probe.gpu, batch))
+        cpu, gpu = probe.at_batch_1
+    else:
+        cpu, gpu = peak_at(probe.cpu, batch), peak_at(probe.gpu, batch)
+    return int(cpu), int(max(cpu, gpu))
 
 
 def upper_envelope(lines: list[Line], start: float = 2.0) -> list[Line]:
@@ -78,20 +87,55 @@ def upper_envelope(lines: list[Line], start: float = 2.0) -> list[Line]:
     return hull
 
 
-def plan_key(spec: JobSpec, image: tuple[int, int, int], num_classes: int) -> str:
-    """What the memory of a step depends on: model, task, mode, transforms, data shape."""
-    relevant = {
-        "task": spec.task,
-        "model": spec.model,
-        "mode": spec.mode,
-        "crop": spec.crop,
-        "resize": spec.resize,
-        "image": image,
-        "classes": num_classes,
-        "activation": getattr(spec, "activation", None),
-        "version": 1,
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:24]
+Shape = tuple[int, int, int]  # (C, H, W)
+
+
+@dataclass(frozen=True)
+class PlanShape:
+    """What the memory of one training step depends on, and nothing else: the model (task,
+    model, mode, activation), the stored image shape a batch arrives in, the effective shape
+    the model takes (after crop, resize and grey->RGB) and the label count a model uses.
+    Specs with the same PlanShape share one probe: `crop: 100` and `crop: 200` on 28x28
+    images are both no crop.
+
+    `spec` is the canonical spec the probe runs: no crop, and a resize to the effective
+    size when it differs from the stored one (a centre crop is a view; the resize is the
+    step's first allocation of the effective size either way)."""
+
+    spec: JobSpec
+    image: Shape
+    effective: Shape
+    classes: int
+
+    @property
+    def key(self) -> str:
+        relevant = {
+            "task": self.spec.task,
+            "model": self.spec.model,
+            "mode": self.spec.mode,
+            "activation": getattr(self.spec, "activation", None),
+            "image": self.image,
+            "effective": self.effective,
+            "classes": self.classes,
+            "version": 2,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def plan_shape(spec: JobSpec, image: Shape, num_classes: int) -> PlanShape:
+    """The PlanShape of `spec` on a data set of `image` (C, H, W) with `num_classes` labels."""
+    model = MODELS[spec.model]
+    effective = transformed_shape(
+        image, spec.crop_hw(), spec.resize_hw(), model.image[0] if model.image else None
+    )
+    resize = None if effective[1:] == image[1:] else effective[1:]
+    canonical = spec.model_copy(update={"crop": None, "resize": resize})
+    return PlanShape(canonical, image, effective, 0 if spec.task == "gan" else num_classes)
+
+
+def plan_key(spec: JobSpec, image: Shape, num_classes: int) -> str:
+    """The plan cache key of `spec` on this data shape (see PlanShape)."""
+    return plan_shape(spec, image, num_classes).key
 
 
 @dataclass(frozen=True)
@@ -119,6 +163,11 @@ def queue_for(klass: str, default_queue: str) -> str:
     return default_queue if klass == "cpu" else f"{default_queue}.{klass}"
 
 
+def serving(classes: list[MemoryClass], device: str) -> list[MemoryClass]:
+    """The classes that can run a job asking for `device` ("auto", "cpu" or "cuda")."""
+    return [c for c in classes if (device != "cpu" or not c.gpu) and (device != "cuda" or c.gpu)]
+
+
 def choose_class(
     classes: list[MemoryClass],
     online: set[str],
@@ -129,7 +178,7 @@ def choose_class(
 ) -> tuple[MemoryClass | None, str]:
     """The smallest class that fits (online ones first) and why; None with the numbers when
     no configured class can hold the job."""
-    allowed = [c for c in classes if (device != "cpu" or not c.gpu) and (device != "cuda" or c.gpu)]
+    allowed = serving(classes, device)
     # GPU classes first for "auto": that is where a job runs fastest.
     allowed.sort(key=lambda c: (not c.gpu, c.gib))
 
@@ -165,88 +214,214 @@ def plan_queue(default_queue: str) -> str:
 
 
 class Routing(BaseModel):
-    """Where a job goes, and what the planner predicted for it."""
+    """Where a job goes, and what the planner predicted for it; or, with `planning` set, that
+    its probe is still running: the job is stored without a queue message and settle()
+    routes it (or fails it) when the probe ends."""
 
     memory_class: str | None
     queue: str | None
     reason: str
     cpu_bytes: int | None = None
     gpu_bytes: int | None = None
+    planning: str | None = None  # the plan key the job waits on
 
 
 class NoClassFits(ValueError):
-    pass
+    """No configured memory class can run the job. `field` is the spec field to change;
+    `message` is what the 422 says and what a job that waited for its probe fails with."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(why)
+        self.field = field
+
+    @property
+    def message(self) -> str:
+        return f"{self.field}: {self}"
+
+
+class ProbeRateLimited(RuntimeError):
+    """The owner asked for more new probes than PLAN_PROBES_PER_MINUTE (a 429)."""
+
+    def __init__(self, owner: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"{owner} asked for more than {limit} memory probes of new model/data shapes in a "
+            f"minute (TRAINYARD_PLAN_PROBES_PER_MINUTE); retry in {retry_after_s} s, or reuse "
+            "a shape already planned"
+        )
+        self.retry_after_s = retry_after_s
+
+
+UNPLANNED = "memory not predicted: no planner answered in time"
+PROBING = "probing"  # the in-flight marker's value once a planner worker started the probe
 
 
 class Planner:
-    """The API's side: find (or ask a planner worker for) the probe of a job's model and data
-    shape, predict its peak at its batch size, and pick a memory class. Torch-free."""
+    """Find (or ask a planner worker for) the probe of a job's model and data shape, predict
+    its peak at its batch size, and pick a memory class. Torch-free.
+
+    The API's side is aplan(): a submit waits at most PLAN_WAIT_S for a probe; not at all
+    when other probes already wait for a planner slot, and PICKUP_S when no planner worker
+    has started it (it cannot end in time). A job whose probe takes longer is stored
+    `queued` without a queue message, on the plan key's waiting set; the planner worker
+    calls settle() when its probe ends, which routes each waiting job (or fails it with the
+    422's message). The reconciler settles any job left waiting (reconcile()), so a job is
+    never stranded by a process that died."""
+
+    POLL_S = 0.05  # how often a submit looks for its probe while it waits
+    PICKUP_S = 0.25  # a free planner slot starts a probe well within this
 
     def __init__(
-        self, redis: Redis, celery: Celery, settings: Settings, workers: WorkerRegistry
+        self,
+        redis: Redis,
+        celery: Celery,
+        settings: Settings,
+        workers: WorkerRegistry,
+        aredis: AsyncRedis | None = None,
     ) -> None:
         self.redis, self.celery, self.settings, self.workers = redis, celery, settings, workers
+        self._aredis = aredis  # the API's submit path
         self.keys = RedisKeys(settings.KEY_PREFIX)
+        self.registry = JobRegistry(redis, settings.KEY_PREFIX)
+        self.events = EventStream(redis, settings.KEY_PREFIX)
         self.classes = parse_classes(settings.MEMORY_CLASSES)
         # A probe never changes for its key (model + data shape): parsed once per process.
         self._parsed: dict[str, ProbeResult] = {}
 
-    def probe(
-        self,
-        spec: JobSpec,
-        image: tuple[int, int, int],
-        num_classes: int,
-    ) -> ProbeResult | None:
-        """The cached probe, or a fresh one from a planner worker (None if none answers)."""
-        key = plan_key(spec, image, num_classes)
+    @property
+    def aredis(self) -> AsyncRedis:
+        assert self._aredis is not None, "Planner was made without an asyncio client"
+        return self._aredis
+
+    # --- the cache (PLAN_CACHE_TTL_S)
+
+    def cached(self, key: str) -> ProbeResult | None:
+        """The probe of `key`, if one is cached."""
         if key in self._parsed:
             return self._parsed[key]
-        cached = self.redis.get(self.keys.plan_cache(key))
-        if cached is not None:
-            if len(self._parsed) >= 1024:
-                self._parsed.clear()
-            self._parsed[key] = ProbeResult.model_validate_json(cached)
+        raw = self.redis.get(self.keys.plan_cache(key))
+        return None if raw is None else self._remember(key, raw)
+
+    async def acached(self, key: str) -> ProbeResult | None:
+        """cached() on the asyncio client."""
+        if key in self._parsed:
             return self._parsed[key]
-        if self.settings.PLAN_TIMEOUT_S <= 0:
-            return None
-        reply = self.keys.plan_reply(uuid.uuid4().hex)
-        self.celery.send_task(
-            PLAN_TASK,
-            args=[key, spec.model_dump(mode="json"), list(image), num_classes, reply],
-            queue=plan_queue(self.settings.QUEUE),
+        raw = await self.aredis.get(self.keys.plan_cache(key))
+        return None if raw is None else self._remember(key, raw)
+
+    def store(self, key: str, found: ProbeResult) -> None:
+        """Cache a probe for PLAN_CACHE_TTL_S."""
+        ttl = self.settings.PLAN_CACHE_TTL_S
+        self.redis.set(self.keys.plan_cache(key), found.model_dump_json(), ex=ttl)
+
+    def _remember(self, key: str, raw: bytes | str) -> ProbeResult:
+        if len(self._parsed) >= 1024:
+            self._parsed.clear()
+        self._parsed[key] = ProbeResult.model_validate_json(raw)
+        return self._parsed[key]
+
+    # --- the API's side
+
+    def check_possible(self, spec: JobSpec) -> None:
+        """NoClassFits for what needs no probe: no configured class serves the spec's device."""
+        klass, why = choose_class(
+            self.classes, set(), spec.device, 0, 0, self.settings.MEMORY_HEADROOM
         )
-        answer = self.redis.blpop([reply], timeout=self.settings.PLAN_TIMEOUT_S)
-        return ProbeResult.model_validate_json(answer[1]) if answer else None
+        if klass is None:
+            raise NoClassFits("device", why)
 
-    def route(self, spec: JobSpec, image: tuple[int, int, int], num_classes: int) -> Routing:
-        """Predict and pick a class; NoClassFits (with the numbers) if none can hold the job."""
-        found = self.probe(spec, image, num_classes)
-        return self._route(spec, found, {w.memory_class for w in self.workers.online()})
-
-    async def aroute(self, spec: JobSpec, image: tuple[int, int, int], num_classes: int) -> Routing:
-        """route() for the API's event loop: no thread when the probe is already parsed here
-        (every job after a model's first); otherwise route() in a thread, as it may wait for a
-        planner worker."""
-        found = self._parsed.get(plan_key(spec, image, num_classes))
+    async def aplan(self, spec: JobSpec, image: Shape, num_classes: int, owner: str) -> Routing:
+        """Route `spec` (on data of `image`, `num_classes` labels) now if its probe is cached
+        or arrives within PLAN_WAIT_S; otherwise a Routing with `planning` set (see the
+        class). NoClassFits, before any probe, when no class can run it; ProbeRateLimited
+        when `owner` asked for too many new probes."""
+        self.check_possible(spec)
+        if self.settings.PLAN_TIMEOUT_S <= 0:  # planning off: run unplanned
+            return self.route_with(spec, None, set())
+        shape = plan_shape(spec, image, num_classes)
+        found = await self.acached(shape.key)
         if found is None:
-            return await asyncio.to_thread(self.route, spec, image, num_classes)
-        return self._route(spec, found, {w.memory_class for w in await self.workers.aonline()})
-
-    def _route(self, spec: JobSpec, found: ProbeResult | None, online: set[str]) -> Routing:
-        default = queue_for("cpu", self.settings.QUEUE)
-        if found is None:  # no planner answered: run unplanned on the default queue
+            queued_behind = await self._arequest(shape, owner)
+            budget = 0.0 if queued_behind else self.settings.PLAN_WAIT_S
+            found = await self._await(shape.key, budget)
+        if found is None:
             return Routing(
-                memory_class=None,
-                queue=default,
-                reason="memory not predicted: no planner answered in time",
+                memory_class=None, queue=None, reason="being planned", planning=shape.key
             )
-        micro = spec.batch_size
-        cpu_bytes, gpu_bytes = predict(found, micro)
+        return self.route_with(spec, found, {w.memory_class for w in await self.workers.aonline()})
+
+    async def _arequest(self, shape: PlanShape, owner: str) -> bool:
+        """Ask a planner worker for the probe, unless one is already on it; counts against
+        the owner's PLAN_PROBES_PER_MINUTE (in Redis: shared by every API replica). True
+        when other probes wait for a planner slot before it (it cannot end in time)."""
+        inflight = self.keys.plan_inflight(shape.key)
+        ttl = max(1, int(self.settings.PLAN_TIMEOUT_S))
+        if not await self.aredis.set(inflight, owner, nx=True, ex=ttl):
+            return False  # being probed: wait for that one
+        rate = self.keys.plan_rate(owner)
+        pipe = self.aredis.pipeline(transaction=False)
+        pipe.set(rate, 0, nx=True, ex=60)  # a fixed one-minute window from the first probe
+        pipe.incr(rate)
+        pipe.ttl(rate)
+        _, count, left = await pipe.execute()
+        if count > self.settings.PLAN_PROBES_PER_MINUTE:
+            await self.aredis.delete(inflight)
+            raise ProbeRateLimited(owner, self.settings.PLAN_PROBES_PER_MINUTE, max(1, left))
+        args = [shape.key, shape.spec.model_dump(mode="json"), list(shape.image), shape.classes]
+        queue = plan_queue(self.settings.QUEUE)
+        ahead = await self.aredis.llen(queue)  # messages no planner slot has taken yet
+        await asyncio.to_thread(self.celery.send_task, PLAN_TASK, args=args, queue=queue)
+        return bool(ahead)
+
+    async def _await(self, key: str, budget_s: float) -> ProbeResult | None:
+        """The probe if it ends within `budget_s`; None sooner when no planner worker has
+        started it after PICKUP_S: every slot is busy, so it cannot end in time."""
+        started, inflight = time.monotonic(), self.keys.plan_inflight(key)
+        while (found := await self.acached(key)) is None:
+            waited = time.monotonic() - started
+            if waited >= budget_s:
+                return None
+            if waited >= self.PICKUP_S and await self.aredis.get(inflight) != PROBING.encode():
+                return None
+            await asyncio.sleep(min(self.POLL_S, budget_s - waited))
+        return found
+
+    async def await_probe(self, key: str, job_id: str) -> None:
+        """Put `job_id` on `key`'s waiting set: call before the job is stored, so the
+        planner worker that ends the probe routes it (settle())."""
+        waiting = self.keys.plan_waiting(key)
+        pipe = self.aredis.pipeline(transaction=False)
+        pipe.sadd(waiting, job_id)
+        pipe.expire(waiting, max(60, int(self.settings.PLAN_TIMEOUT_S) + 60))
+        await pipe.execute()
+
+    async def asettle_if_probed(self, key: str, job_id: str) -> bool:
+        """After the job is stored: if the probe ended meanwhile (its planner may have looked
+        at the waiting set before the job existed), settle the job here. True if settled."""
+        found = await self.acached(key)
+        if found is None:
+            return False
+        return await asyncio.to_thread(self.settle_job, job_id, key, found) is not None
+
+    # --- routing
+
+    def route_with(
+        self,
+        spec: JobSpec,
+        found: ProbeResult | None,
+        online: set[str],
+        unplanned: str = UNPLANNED,
+    ) -> Routing:
+        """Predict and pick a class; NoClassFits (with the numbers) if none can hold the job.
+        Without a probe: the default queue, unplanned (`unplanned` says why)."""
+        if found is None:
+            default = queue_for("cpu", self.settings.QUEUE)
+            return Routing(memory_class=None, queue=default, reason=unplanned)
+        cpu_bytes, gpu_bytes = predict(found, spec.batch_size)
         klass, why = choose_class(
             self.classes, online, spec.device, cpu_bytes, gpu_bytes, self.settings.MEMORY_HEADROOM
         )
         if klass is None:
-            raise NoClassFits(why)
+            raise NoClassFits("batch_size" if serving(self.classes, spec.device) else "device", why)
         return Routing(
             memory_class=klass.name,
             queue=queue_for(klass.name, self.settings.QUEUE),
@@ -254,3 +429,82 @@ class Planner:
             cpu_bytes=cpu_bytes,
             gpu_bytes=gpu_bytes,
         )
+
+    # --- settling the jobs that waited for a probe (planner worker, API, reconciler)
+
+    def settle(
+        self, key: str, found: ProbeResult | None, unplanned: str = UNPLANNED
+    ) -> dict[str, str]:
+        """Route (or fail) every job waiting on `key`'s probe; `found` None routes them
+        unplanned. Returns {job id: "routed" | "failed"} for the jobs this call settled."""
+        waiting = self.keys.plan_waiting(key)
+        ids = [_text(i) for i in self.redis.smembers(waiting)]
+        if not ids:
+            return {}
+        online = {w.memory_class for w in self.workers.online()}
+        done = {}
+        for job_id in ids:
+            outcome = self.settle_job(job_id, key, found, online, unplanned)
+            if outcome is not None:
+                done[job_id] = outcome
+        self.redis.srem(waiting, *ids)
+        return done
+
+    def settle_job(
+        self,
+        job_id: str,
+        key: str,
+        found: ProbeResult | None,
+        online: set[str] | None = None,
+        unplanned: str = UNPLANNED,
+    ) -> str | None:
+        """Route the job if it is still queued waiting on `key`: its class's queue, then its
+        message (if this process dies in between, the reconciler re-sends it); or fail it
+        with NoClassFits's message. A status event records either. None when another
+        process settled it first, or it was cancelled."""
+        found_fields = self.redis.hmget(self.keys.job(job_id), "status", "planning", "spec")
+        status, planning, raw = (None if f is None else _text(f) for f in found_fields)
+        if status != "queued" or planning != key or raw is None:
+            return None
+        spec = JobSpecAdapter.validate_json(raw)
+        if online is None:
+            online = {w.memory_class for w in self.workers.online()}
+        try:
+            routing = self.route_with(spec, found, online, unplanned)
+        except NoClassFits as exc:
+            if not self.registry.settle_planned(job_id, key, JobStatus.FAILED, error=exc.message):
+                return None
+            self._status_event(job_id, JobStatus.FAILED, exc.message)
+            return "failed"
+        queue = routing.queue or self.settings.QUEUE
+        fields = {
+            "queue": queue,
+            "memory_class": routing.memory_class,
+            "predicted_peak_cpu_bytes": routing.cpu_bytes,
+            "predicted_peak_gpu_bytes": routing.gpu_bytes,
+        }
+        routed = {k: v for k, v in fields.items() if v is not None}
+        if not self.registry.settle_planned(job_id, key, JobStatus.QUEUED, **routed):
+            return None
+        enqueue_training(self.celery, job_id, queue)
+        self._status_event(job_id, JobStatus.QUEUED, f"planned: {routing.reason}")
+        return "routed"
+
+    def reconcile(self, job_id: str, key: str, waited_s: float) -> str | None:
+        """The reconciler's pass over a job still waiting for its probe: settle it if the probe
+        is cached (the process that should have routed it died), or route it unplanned past
+        PLAN_TIMEOUT_S (the planner died, or is far behind)."""
+        found = self.cached(key)
+        if found is not None:
+            return self.settle_job(job_id, key, found)
+        if waited_s > self.settings.PLAN_TIMEOUT_S:
+            limit = self.settings.PLAN_TIMEOUT_S
+            why = f"memory not predicted: no planner answered within {limit:g} s"
+            return self.settle_job(job_id, key, None, unplanned=why)
+        return None
+
+    def _status_event(self, job_id: str, state: JobStatus, reason: str) -> None:
+        event = JobEvent(
+            kind="status", time=time.time(), info={"status": state.value, "reason": reason}
+        )
+        self.events.publish(job_id, [event])

@@ -7,6 +7,9 @@
   move and the send, or dropped as a duplicate while a dead worker's lease was still live):
   re-sent. A submission cannot lose it: the API creates the job and pushes its message in
   one Redis script.
+- a `queued` job still waiting for its memory probe (accepted while being planned): routed
+  (or failed) if the probe is cached, for the process that should have done it died; run
+  unplanned past PLAN_TIMEOUT_S (see Planner.reconcile).
 
 Duplicate messages are harmless: a worker only trains a job whose lease it takes. Runs in the
 API process; a Redis lock makes one replica do each pass."""
@@ -23,8 +26,10 @@ from celery import Celery
 from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry, _text, utcnow
+from shared.planning import Planner
 from shared.queue import broker_job_ids, enqueue_training
 from shared.schemas import JobEvent
+from shared.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +39,14 @@ class Reconciler:
         self, registry: JobRegistry, events: EventStream, celery: Celery, settings: Settings
     ) -> None:
         self.registry, self.events, self.celery, self.settings = registry, events, celery, settings
+        workers = WorkerRegistry(registry.redis, settings.KEY_PREFIX)
+        self.planner = Planner(registry.redis, celery, settings, workers)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
 
     def pass_once(self) -> dict[str, list[str]]:
-        """One pass; returns the job ids it reclaimed and re-sent."""
-        done: dict[str, list[str]] = {"reclaimed": [], "resent": []}
+        """One pass; returns the job ids it reclaimed, re-sent and planned."""
+        done: dict[str, list[str]] = {"reclaimed": [], "resent": [], "planned": []}
         lock = self.registry.redis.set(
             self.registry.keys.reconciler_lock(),
             "1",
@@ -51,19 +58,25 @@ class Reconciler:
         grace = self.settings.RECONCILE_GRACE_S
         redis, keys = self.registry.redis, self.registry.keys
         ids = self.registry.active_ids()
-        pipe = redis.pipeline(transaction=False)  # one round trip, four fields a job
+        pipe = redis.pipeline(transaction=False)  # one round trip, five fields a job
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), "status", "queue", "enqueued_at", "created_at")
+            pipe.hmget(keys.job(job_id), "status", "queue", "enqueued_at", "created_at", "planning")
         waiting: dict[str, str] = {}  # queued past the grace period: is its message there?
-        for job_id, (status, queue_, enqueued, created) in zip(ids, pipe.execute(), strict=True):
+        for job_id, (status, queue_, enqueued, created, planning) in zip(
+            ids, pipe.execute(), strict=True
+        ):
             if status is None:  # the record is gone
                 redis.srem(keys.active(), keys.job(job_id))
                 continue
             queue = _text(queue_) if queue_ else self.settings.QUEUE
+            age = _age_s(_text(enqueued or created))
             if status == b"running" and self.registry.reclaim(job_id):
                 self._resend(job_id, queue, "its worker stopped renewing the lease (lost)")
                 done["reclaimed"].append(job_id)
-            elif status == b"queued" and _age_s(_text(enqueued or created)) > grace:
+            elif status == b"queued" and planning is not None:  # no message until planned
+                if age > grace and self.planner.reconcile(job_id, _text(planning), age):
+                    done["planned"].append(job_id)
+            elif status == b"queued" and age > grace:
                 waiting[job_id] = queue
         # Scanning the broker reads every message: only when some job has waited that long.
         in_broker: set[str] = set()
@@ -79,12 +92,14 @@ class Reconciler:
     def _resend(self, job_id: str, queue: str, reason: str) -> None:
         log.warning("reconciler: requeueing job %s: %s", job_id, reason)
         enqueue_training(self.celery, job_id, queue)
+        attempt = int(self.registry.field(job_id, "attempts") or 0)  # the one that was lost
         self.events.publish(
             job_id,
             [
                 JobEvent(
                     kind="status",
                     time=time.time(),
+                    attempt=attempt,
                     info={"status": "queued", "reason": f"reconciler: {reason}"},
                 )
             ],

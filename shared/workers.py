@@ -15,6 +15,10 @@ from shared.jobs import JobRegistry, RedisKeys, _text
 from shared.schemas import JobPublic, PendingInfo, WorkerPublic
 
 ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
+BEING_PLANNED = (
+    "being planned: the memory planner is measuring this model and data shape; the job is "
+    "routed to a worker class when it ends, or fails if no class can hold it"
+)
 
 
 class WorkerRegistry:
@@ -86,7 +90,12 @@ async def pending_info(
     job: JobPublic, registry: JobRegistry, workers: WorkerRegistry
 ) -> PendingInfo:
     """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
-    when one can be estimated from recent jobs' durations."""
+    when one can be estimated from recent jobs' durations; or that it is being planned (its
+    memory probe is running: no class chosen yet, see shared/planning.py)."""
+    if job.queue is None and await registry.aredis.hexists(registry.keys.job(job.id), "planning"):
+        every = await workers.aonline()
+        busy_any = sum(1 for w in every if w.busy_with)
+        return PendingInfo(workers_online=len(every), workers_busy=busy_any, reason=BEING_PLANNED)
     klass = job.memory_class or "cpu"
     online = [w for w in await workers.aonline() if w.memory_class == klass]
     busy = sum(1 for w in online if w.busy_with)

@@ -30,6 +30,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     overrides = {
         "TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT),
         "TRAINYARD_MAX_QUEUED_PER_OWNER": str(QUEUE_CAP),
+        # A submit here waits for its shape's probe (up to 20 s, under the SDK's 30 s timeout),
+        # so most jobs are routed when the POST answers; the short budget is
+        # test_planning_api.py's subject, on a stack of its own.
+        "TRAINYARD_PLAN_WAIT_S": "20",
         "TRAINYARD_API_TOKENS": ",".join(
             f"{name}:{token}" + (":admin" if name == "root" else "")
             for name, token in USERS.items()

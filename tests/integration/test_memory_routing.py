@@ -14,7 +14,7 @@ import pytest
 
 from devstack.stack import Stack, StackConfig
 from shared.client import ApiError, Client
-from shared.schemas import PendingInfo
+from shared.schemas import JobPublic, PendingInfo
 from shared.status import JobStatus
 from shared.workers import WorkerRegistry
 from tests.conftest import wait_for
@@ -65,9 +65,15 @@ def api(routed: Stack) -> Iterator[Client]:
         yield c
 
 
+def once_routed(api: Client, job: JobPublic) -> JobPublic:
+    """The job once the planner has routed it: a new shape's submit may answer before its
+    probe ends (being planned; test_planning_api.py)."""
+    wait_for(lambda: not api.get(job.id).being_planned, 600, f"job {job.id} to be routed")
+    return api.get(job.id)
+
+
 def test_predictions_are_on_the_record_before_the_job_runs(api: Client) -> None:
-    job = api.submit(SMALL)
-    assert job.status is JobStatus.QUEUED
+    job = once_routed(api, api.submit(SMALL))
     assert job.predicted_peak_gpu_bytes and job.predicted_peak_cpu_bytes
     assert job.predicted_peak_gpu_bytes >= job.predicted_peak_cpu_bytes * 0.99
     done = api.wait(job.id, timeout=180)
@@ -80,7 +86,7 @@ def test_predictions_are_on_the_record_before_the_job_runs(api: Client) -> None:
 
 
 def test_big_job_goes_to_the_big_worker_small_job_to_the_small_one(api: Client) -> None:
-    small, big = api.submit(SMALL), api.submit(BIG)
+    small, big = once_routed(api, api.submit(SMALL)), once_routed(api, api.submit(BIG))
     assert (small.memory_class, big.memory_class) == ("gpu-small", "gpu-big")
     small, big = api.wait(small.id, timeout=180), api.wait(big.id, timeout=600)
     assert small.status is big.status is JobStatus.SUCCEEDED, (small.error, big.error)

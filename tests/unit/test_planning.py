@@ -8,9 +8,24 @@ from typing import Any
 
 import pytest
 import torch
+from celery import Celery
+from redis import Redis
 
-from shared.planning import Line, choose_class, parse_classes, peak_at, predict, upper_envelope
+from shared.config import Settings
+from shared.planning import (
+    Line,
+    NoClassFits,
+    Planner,
+    choose_class,
+    parse_classes,
+    peak_at,
+    plan_key,
+    plan_shape,
+    predict,
+    upper_envelope,
+)
 from shared.schemas import JobSpecAdapter
+from shared.workers import WorkerRegistry
 from workers.trainer.memory import profile_tensor_peak
 from workers.trainer.planner import _synthetic, probe
 from workers.trainer.recipes import make_recipe
@@ -99,3 +114,54 @@ def test_prediction_within_10_percent_of_the_measured_step(
         )
         assert abs(error) <= 0.10, (batch, predicted_cpu, measured)
         assert predicted_gpu >= 0.99 * predicted_cpu  # 512-byte blocks only round up
+
+
+def test_specs_with_the_same_effective_shape_share_one_plan_key() -> None:
+    def key(body: dict[str, Any], image: tuple[int, int, int] = (1, 28, 28)) -> str:
+        return plan_key(JobSpecAdapter.validate_python(body), image, 10)
+
+    gan = {"task": "gan", "model": "conv_gan"}
+    # No-op crops (any side >= the image's) and a resize to the size it has: all "28x28 grey".
+    same = {key(gan | extra) for extra in ({}, {"crop": 100}, {"crop": [200, 999]}, {"crop": 28})}
+    same.add(key(gan | {"resize": 28}))
+    assert len(same) == 1
+    # A crop then a resize to the same size is one shape, whatever the crop.
+    assert key(gan | {"crop": 20, "resize": 32}) == key(gan | {"crop": 24, "resize": 32})
+    # What changes a step's memory changes the key.
+    others = [
+        key(gan | {"resize": 32}),
+        key(gan | {"mode": "book"}),
+        key(gan, (3, 28, 28)),
+        key(gan | {"crop": 20, "resize": 28}, (1, 56, 56)),
+        key({"task": "cgan", "model": "conv_cgan"}),
+        key({"task": "classifier", "model": "book_cnn"}),
+    ]
+    assert len(set(others) | same) == len(others) + 1
+    # Labels count only where the model uses them.
+    spec = JobSpecAdapter.validate_python(gan)
+    assert plan_key(spec, (1, 28, 28), 10) == plan_key(spec, (1, 28, 28), 0)
+
+
+def test_the_canonical_probe_predicts_the_cropped_and_resized_step() -> None:
+    """One probe serves every spec of a PlanShape: it runs without the crop, resizing to the
+    effective size; its prediction still matches the real (cropped) step."""
+    body = {"task": "gan", "model": "conv_gan", "crop": 20, "resize": 32}
+    shape = plan_shape(JobSpecAdapter.validate_python(body), (1, 28, 28), 10)
+    assert shape.spec.crop is None and shape.effective == (1, 32, 32)
+    result = probe(shape.spec, shape.image, shape.classes)
+    for batch in (1, 8, 32):
+        predicted = predict(result, batch)[0]
+        measured = _measure(body, (1, 28, 28), batch)
+        assert abs(predicted - measured) / measured <= 0.10, (batch, predicted, measured)
+
+
+def test_a_device_no_class_serves_is_refused_before_any_probe() -> None:
+    settings = Settings(_env_file=None, MEMORY_CLASSES="cpu:16")
+    redis = Redis(port=1)  # never connected: nothing here may need Redis or a planner
+    planner = Planner(redis, Celery(), settings, WorkerRegistry(redis))
+    cuda = JobSpecAdapter.validate_python({"task": "classifier", "device": "cuda"})
+    with pytest.raises(NoClassFits) as info:
+        planner.check_possible(cuda)
+    assert info.value.field == "device"
+    assert info.value.message == "device: no memory class serves device 'cuda'"
+    planner.check_possible(JobSpecAdapter.validate_python({"task": "classifier"}))  # fine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from functools import lru_cache
 from types import FrameType
@@ -10,13 +11,15 @@ from typing import Any
 from celery import Task
 
 from shared.config import connect_redis, get_settings
-from shared.jobs import RedisKeys
-from shared.planning import PLAN_TASK
+from shared.planning import PLAN_TASK, PROBING, Planner
 from shared.queue import TRAIN_TASK, enqueue_training
 from shared.schemas import JobSpecAdapter
+from shared.workers import WorkerRegistry
 from workers.trainer.celery_app import app
 from workers.trainer.planner import probe
 from workers.trainer.runner import JobRunner
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -40,18 +43,32 @@ def train_job(self: Task, job_id: str) -> str:
         signal.signal(signal.SIGTERM, previous)
 
 
+@lru_cache(maxsize=1)
+def _planner() -> Planner:
+    settings = get_settings()  # connections made once per planner process
+    redis = connect_redis(settings)
+    return Planner(redis, app, settings, WorkerRegistry(redis, settings.KEY_PREFIX))
+
+
 @app.task(name=PLAN_TASK)
-def plan_memory(
-    key: str, spec: dict[str, Any], image: list[int], num_classes: int, reply: str
-) -> None:
-    """Probe a model + data shape on the CPU (seconds), cache the result, answer the API."""
-    settings = get_settings()
-    redis, keys = connect_redis(settings), RedisKeys(settings.KEY_PREFIX)
-    cached = redis.get(keys.plan_cache(key))
-    if cached is None:
-        c, h, w = image
-        result = probe(JobSpecAdapter.validate_python(spec), (c, h, w), num_classes)
-        cached = result.model_dump_json()
-        redis.set(keys.plan_cache(key), cached)
-    redis.rpush(reply, cached)
-    redis.expire(reply, 120)
+def plan_memory(key: str, spec: dict[str, Any], image: list[int], num_classes: int) -> None:
+    """Probe a model + data shape on the CPU (seconds; see shared.planning.PlanShape), cache
+    it, then route or fail every job accepted while it was being planned. A probe that
+    fails routes them unplanned: planning is advice, it never stops a job."""
+    planner = _planner()
+    inflight = planner.keys.plan_inflight(key)
+    planner.redis.set(inflight, PROBING, xx=True, keepttl=True)  # started: submits may wait
+    try:
+        found = planner.cached(key)
+        if found is None:
+            c, h, w = image
+            try:
+                found = probe(JobSpecAdapter.validate_python(spec), (c, h, w), num_classes)
+            except Exception as exc:
+                log.exception("probe of plan key %s failed", key)
+                planner.settle(key, None, f"memory not predicted: the probe failed ({exc})")
+                return
+            planner.store(key, found)
+        planner.settle(key, found)
+    finally:
+        planner.redis.delete(inflight)

@@ -162,7 +162,7 @@ class JobList {
 
   /** What a person wants to know next: when it starts, when it ends, or how it ended. */
   outcome(job) {
-    if (job.status === "queued") return queuedOutcome(this.pending.get(job.id));
+    if (job.status === "queued") return queuedOutcome(this.pending.get(job.id), job);
     if (job.status === "running") {
       if (job.cancel_requested) return ["cancelling…"];
       return [runningEta(job, this.rates.get(job.id))];
@@ -187,8 +187,9 @@ function progressCell(job) {
   }));
 }
 
-function queuedOutcome(pending) {
-  if (!pending) return ["waiting for a worker"];
+function queuedOutcome(pending, job) {
+  // No queue yet: a new model/data shape whose memory probe is running (pending.reason).
+  if (!pending) return [job.queue ? "waiting for a worker" : "being planned"];
   const parts = [];
   if (pending.eta_s !== null && pending.eta_s !== undefined) {
     parts.push(el("div", { text: `starts in ≈ ${formatDuration(pending.eta_s)}` }));
