@@ -76,7 +76,9 @@ class Client:
         self, spec: JobSpec | dict[str, Any], idempotency_key: str | None = None
     ) -> JobPublic:
         """Queue a job; `spec` is a JobSpec or its JSON form. With `idempotency_key`, retries
-        of the same submission return the same job."""
+        of the same submission return the same job. A new model/data shape may come back
+        `being_planned` (pending.reason says so): it is routed when the planner's probe
+        ends, or fails with the reason a 422 would give (ApiError, for a cached shape)."""
         body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else spec
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return JobPublic.model_validate(self._call("POST", "/v1/jobs", json=body, headers=headers))
@@ -132,6 +134,8 @@ class Client:
         ) as source:
             _raise_for(source.response)
             for sse in source.iter_sse():
+                if not sse.data:  # a heartbeat: httpx-sse yields one once an id was seen
+                    continue
                 event = JobEvent.model_validate_json(sse.data)
                 event.id = sse.id or event.id
                 yield event

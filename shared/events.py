@@ -1,4 +1,9 @@
-"""Per-job event streams on Redis Streams: publish, read the history, tail live."""
+"""Per-job event streams on Redis Streams: publish, read the history, tail live.
+
+A restarted job repeats what its last attempt logged after the checkpoint it resumes from.
+The new attempt writes a `rewind` event (to that step, with its attempt) before anything
+else, and `Reconciler` turns the stream into the history that was kept: /metrics returns it,
+and SSE replays it before following live events (clients apply live rewinds themselves)."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.jobs import Lease, LeaseLost, RedisKeys
 from shared.schemas import JobEvent
@@ -76,6 +82,11 @@ class EventStream:
         entries: Any = self.redis.xrange(key, min=start, max="+", count=count)
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
+    def history(self, job_id: str, after: str | None = None) -> list[JobEvent]:
+        """read(), reconciled: each step's events once, from the attempt that was kept (the
+        rewind events stay, so a reader that had events up to `after` can drop its own)."""
+        return Reconciler().keep(self.read(job_id, after=after))
+
     def tail(
         self, job_id: str, after: str = "0-0", block_ms: int = 1000
     ) -> Iterator[JobEvent | None]:
@@ -92,6 +103,96 @@ class EventStream:
                 event = decode_entry(entry_id, fields)
                 last = event.id or last
                 yield event
+
+
+# Kinds a restarted attempt writes again for the same steps. Status, log and rewind events
+# tell what happened to each attempt and are all kept.
+REPLAYED_KINDS = frozenset({"step", "epoch", "checkpoint", "sample", "memory"})
+
+
+class Reconciler:
+    """Decides, reading a job's events in stream order, which ones the kept history holds:
+
+    - a `rewind` to step N supersedes every earlier event of a replayed kind past step N;
+    - an event of a replayed kind from an attempt older than the newest rewind's came late
+      (a worker that had lost the job) and is superseded at once;
+    - of two events of one replayed kind at one step, the newer wins (the final sample grid
+      and memory event of a job that was restarted after its last checkpoint).
+
+    add() is for a history (it remembers one id per kind and step); live() for events that
+    are sent as they arrive, where the client applies rewinds itself."""
+
+    def __init__(self) -> None:
+        self.attempt = 0  # of the newest rewind seen
+        self.dropped: set[str] = set()  # ids (or positions) of superseded events
+        self._kept: dict[tuple[str, int], str] = {}
+        self._seen = 0
+        self.read_to = "0-0"  # the last stream id ascan() read
+
+    def add(self, event: JobEvent) -> bool:
+        """Take the stream's next event; False if it is superseded already."""
+        key = event.id if event.id is not None else f"#{self._seen}"
+        self._seen += 1
+        if not self.live(event):
+            self.dropped.add(key)
+            return False
+        if event.kind == "rewind":
+            for kind_step in [k for k in self._kept if k[1] > event.step]:
+                self.dropped.add(self._kept.pop(kind_step))
+        elif event.kind in REPLAYED_KINDS:
+            previous = self._kept.get((event.kind, event.step))
+            if previous is not None:
+                self.dropped.add(previous)
+            self._kept[(event.kind, event.step)] = key
+        return True
+
+    def live(self, event: JobEvent) -> bool:
+        """Take an event as it arrives; False if it is a late write of a replaced attempt."""
+        if event.kind == "rewind":
+            self.attempt = max(self.attempt, event.attempt)
+            return True
+        return event.kind not in REPLAYED_KINDS or event.attempt >= self.attempt
+
+    def keep(self, events: list[JobEvent]) -> list[JobEvent]:
+        """The kept ones of `events`, a stretch of one stream in order (add()s them first)."""
+        start = self._seen
+        for event in events:
+            self.add(event)
+        return [
+            e
+            for n, e in enumerate(events, start)
+            if (e.id if e.id is not None else f"#{n}") not in self.dropped
+        ]
+
+    def passes(self, event: JobEvent) -> bool:
+        """For a follower, after ascan(): an event of the history read is sent unless it was
+        superseded; a newer one unless it is a late write (live())."""
+        if event.id is not None and _stream_id(event.id) <= _stream_id(self.read_to):
+            return event.id not in self.dropped
+        return self.live(event)
+
+
+async def ascan(aredis: AsyncRedis, key: str, after: str = "0-0", page: int = 1000) -> Reconciler:
+    """Read stream `key` after id `after` to its current end, `page` entries at a time, into a
+    Reconciler that then tells a follower which events to send (passes()). Holds one id per
+    replayed kind and step while it reads, then only the superseded ids."""
+    history = Reconciler()
+    history.read_to = after
+    while True:
+        start = f"({history.read_to}" if history.read_to != "0-0" else "-"
+        entries: Any = await aredis.xrange(key, min=start, max="+", count=page)
+        for entry_id, fields in entries:
+            event = decode_entry(entry_id, fields)
+            history.add(event)
+            history.read_to = event.id or history.read_to
+        if len(entries) < page:
+            history._kept.clear()  # live() needs none of it
+            return history
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def decode_entry(entry_id: bytes | str, fields: dict[bytes | str, bytes | str]) -> JobEvent:

@@ -6,7 +6,9 @@ shorter than the jobs, so Redis redelivers running jobs (the lease must drop the
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,7 @@ OVERRIDES = {
     "TRAINYARD_SHUTDOWN_GRACE_S": str(GRACE_S),
     "TRAINYARD_S3_RETRY_S": str(S3_RETRY_S),
     "TRAINYARD_FAULT_INJECTION": "true",
+    "TRAINYARD_SSE_PING_S": "1",  # SSE readers get heartbeats between events
 }
 # ~4,000 steps of batch 1 (about 10-20 s on a CPU): long enough to hit mid-run.
 LONG: dict[str, Any] = {
@@ -292,3 +295,65 @@ def test_queued_job_whose_message_vanished_is_resent(
     done = api.wait(job.id, timeout=120)
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert any("message was lost" in s.get("reason", "") for s in statuses(api, job.id))
+
+
+def test_a_resume_rewinds_the_stream_and_readers_get_each_step_once(
+    chaos: Stack, api: Client, reg: JobRegistry
+) -> None:
+    """kill -9 at step 15 once the checkpoint of step 10 is committed: the successor writes a
+    rewind to step 10 with its attempt. /metrics and a reader that connects afterwards get each
+    step once, from the attempt that went on; a reader following live gets steps 11-15 twice,
+    with the rewind between, and keeps each step once by applying it."""
+    spec = {
+        "task": "classifier",
+        "max_steps": 20,
+        "checkpoint_every": 10,
+        "log_every": 1,
+        "sample_every": 5,
+    }
+    job = api.submit(spec)
+    reg.redis.hset(reg.keys.faults(job.id), mapping={"exit_at_step": 15, "attempts": "1"})
+    live: list[JobEvent] = []
+
+    def follow() -> None:
+        with Client(chaos.config.api_url, chaos.config.api_token) as own:
+            for event in own.events(job.id):  # until the terminal status
+                live.append(event)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    done = api.wait(job.id, timeout=180)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert done.attempts == 2, "the injected crash did not happen"
+    reader.join(timeout=30)
+    assert not reader.is_alive()
+
+    # The stream holds both attempts' steps 11-15; every entry names its attempt.
+    raw: Any = reg.redis.xrange(reg.keys.events(job.id))
+    stored = [json.loads(fields.get(b"e") or fields["e"]) for _, fields in raw]
+    assert all(isinstance(e.get("attempt"), int) for e in stored), stored
+    assert [e["step"] for e in stored if e["kind"] == "step"].count(15) == 2
+    rewinds = [e for e in stored if e["kind"] == "rewind"]
+    assert [(e["step"], e["attempt"]) for e in rewinds] == [(10, 2)]
+    first_of_2 = next(e for e in stored if e["attempt"] == 2 and e["kind"] != "status")
+    assert first_of_2["kind"] == "rewind"  # before any step of the new attempt
+
+    def kept(events: list[JobEvent], kind: str) -> list[tuple[int, int]]:
+        return [(e.step, e.attempt) for e in events if e.kind == kind]
+
+    expected = [(s, 1) for s in range(1, 11)] + [(s, 2) for s in range(11, 21)]
+    assert kept(api.metrics(job.id, kind="step"), "step") == expected
+    assert kept(api.metrics(job.id, kind="sample"), "sample") == [(5, 1), (10, 1), (15, 2), (20, 2)]
+    history = api.metrics(job.id)
+    assert kept(history, "rewind") == [(10, 2)]
+
+    # A reader that connects now gets the history as /metrics gives it.
+    late = list(api.events(job.id))
+    assert [e.id for e in late] == [e.id for e in history]
+
+    # The live reader drew steps 11-15 of attempt 1, then got the rewind and dropped them.
+    at = next(i for i, e in enumerate(live) if e.kind == "rewind")
+    assert (live[at].step, live[at].attempt) == (10, 2)
+    assert [s for s, a in kept(live[:at], "step") if s > 10] == [11, 12, 13, 14, 15]
+    drawn = [p for p in kept(live[:at], "step") if p[0] <= live[at].step] + kept(live[at:], "step")
+    assert drawn == expected

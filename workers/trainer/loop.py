@@ -28,6 +28,10 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
     batches = Batches(data.train_x, data.train_y, spec.batch_size, spec.seed)
     total = min(spec.epochs * len(batches), spec.max_steps or spec.epochs * len(batches))
     step = _resume(run, recipe)
+    if step or run.attempt > 1:
+        # A restart: what an earlier attempt logged past `step` is superseded from here on
+        # (shared/events.py). Published with the start log, before this attempt's steps.
+        run.emit("rewind", step, step // len(batches), info={"resumed_from": step})
     run.emit(
         "log",
         step,

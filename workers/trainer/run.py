@@ -97,6 +97,9 @@ class Run:
         self.data_dir = Path(data_dir)
         self.keys = JobKeys(job_id)
         self.sink = sink
+        # Which start of the job this is (1 = the first); every event carries it. A worker's
+        # run takes it from the job's lease.
+        self.attempt = 1
         # Set from another thread (cancel listener, heartbeat, signal handler); read each step.
         self.stop_reason: StopReason | None = None
         # The planner's prediction for this device, set by the worker: memory.json compares.
@@ -128,7 +131,13 @@ class Run:
     ) -> None:
         values = {k: float(v) for k, v in (metrics or {}).items()}  # float() syncs CUDA scalars
         event = JobEvent(
-            kind=kind, time=time.time(), step=step, epoch=epoch, metrics=values, info=info or {}
+            kind=kind,
+            time=time.time(),
+            attempt=self.attempt,
+            step=step,
+            epoch=epoch,
+            metrics=values,
+            info=info or {},
         )
         with self._events_lock:
             self._pending.append(event)

@@ -42,6 +42,7 @@ class JobRun(Run):
     def __init__(self, runner: JobRunner, lease: Lease, faults: FaultPlan | None) -> None:
         super().__init__(lease.job_id, runner.store, self._publish, runner.settings.DATA_DIR)
         self.runner, self.lease, self.faults = runner, lease, faults
+        self.attempt = lease.attempt
 
     def _publish(self, events: list[JobEvent]) -> None:
         progress = {"step": str(events[-1].step), "epoch": str(events[-1].epoch)}
@@ -61,6 +62,11 @@ class JobRun(Run):
 
     def should_stop(self, step: int) -> bool:
         if self.faults is not None:
+            if step == self.faults.exit_at_step:
+                # The injected kill -9 comes once this step's events and the checkpoint in
+                # flight are written: the worst case, a stream that holds steps past the
+                # checkpoint a successor resumes from.
+                self.drain()
             self.faults.trigger(step)
         return super().should_stop(step)
 
@@ -144,7 +150,7 @@ class JobRunner:
         self.events = EventStream(redis, settings.KEY_PREFIX)
         self.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
-        self.catalog = DatasetCatalog(redis, self.store, settings.KEY_PREFIX)
+        self.catalog = DatasetCatalog(redis, self.store, settings.KEY_PREFIX, settings)
         self.current: JobRun | None = None
 
     def run(self, job_id: str) -> JobStatus:
@@ -161,7 +167,7 @@ class JobRunner:
             return JobStatus.RUNNING if got.outcome == "held" else JobStatus.FAILED
         lease, job = got.lease, self.registry.get(job_id)
         log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
-        self._status_event(job_id, JobStatus.RUNNING, attempt=lease.attempt, fence=lease.fence)
+        self._status_event(job_id, JobStatus.RUNNING, lease.attempt, fence=lease.fence)
         faults = load_plan(self.registry, job_id, lease.attempt) if s.FAULT_INJECTION else None
         self.current = run = JobRun(self, lease, faults)
         run.predicted_peak_bytes = self._predicted(job)
@@ -240,12 +246,16 @@ class JobRunner:
     def _probe(self, spec: JobSpec) -> planning.ProbeResult:
         """The planner's probe for this job (cached in Redis; measured here if missing)."""
         info = self.catalog.info_any(spec.dataset)
-        key = planning.plan_key(spec, info.image, info.num_classes)
-        cached = self.registry.redis.get(self.registry.keys.plan_cache(key))
+        shape = planning.plan_shape(spec, info.image, info.num_classes)
+        cached = self.registry.redis.get(self.registry.keys.plan_cache(shape.key))
         if cached is not None:
             return planning.ProbeResult.model_validate_json(cached)
-        found = probe(spec, info.image, info.num_classes)
-        self.registry.redis.set(self.registry.keys.plan_cache(key), found.model_dump_json())
+        found = probe(shape.spec, shape.image, shape.classes)
+        self.registry.redis.set(
+            self.registry.keys.plan_cache(shape.key),
+            found.model_dump_json(),
+            ex=self.settings.PLAN_CACHE_TTL_S,
+        )
         return found
 
     def _predicted(self, job: JobPublic) -> int | None:
@@ -278,7 +288,7 @@ class JobRunner:
         except LeaseLost:
             return JobStatus.RUNNING
         self.registry.log_lease(job_id, "released", worker=self.worker, reason=reason)
-        self._status_event(job_id, JobStatus.QUEUED, reason=reason)
+        self._status_event(job_id, JobStatus.QUEUED, lease.attempt, reason=reason)
         queue = self.registry.field(job_id, "queue") or self.settings.QUEUE
         self.enqueue(job_id, queue)  # if this send fails, the reconciler re-enqueues it
         return JobStatus.QUEUED
@@ -290,7 +300,7 @@ class JobRunner:
             log.warning("job %s: not marking %s: %s", lease.job_id, status.value, exc)
             return JobStatus.RUNNING
         self.registry.log_lease(lease.job_id, "released", worker=self.worker, reason=status.value)
-        self._status_event(lease.job_id, status, error=fields.get("error"))
+        self._status_event(lease.job_id, status, lease.attempt, error=fields.get("error"))
         return status
 
     def _give_up(self, job_id: str, attempts: int) -> JobStatus:
@@ -302,13 +312,15 @@ class JobRunner:
             self.registry.transition(job_id, JobStatus.FAILED, error=error)
         except IllegalTransition:
             return JobStatus(self.registry.get(job_id).status)
-        self._status_event(job_id, JobStatus.FAILED, error=error)
+        self._status_event(job_id, JobStatus.FAILED, attempts, error=error)
         return JobStatus.FAILED
 
-    def _status_event(self, job_id: str, status: JobStatus, **info: Any) -> None:
+    def _status_event(self, job_id: str, status: JobStatus, attempt: int, **info: Any) -> None:
         info = {
             "status": status.value,
             "worker": self.worker,
+            "attempt": attempt,  # kept in info too: clients read it there
             **{k: v for k, v in info.items() if v is not None},
         }
-        self.events.publish(job_id, [JobEvent(kind="status", time=time.time(), info=info)])
+        event = JobEvent(kind="status", time=time.time(), attempt=attempt, info=info)
+        self.events.publish(job_id, [event])

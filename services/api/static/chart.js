@@ -59,14 +59,25 @@ export class LineChart {
     this.render();
   }
 
-  /** Add a point; a step at or before the last one (a resumed job) replaces the tail. */
-  add(key, x, y) {
+  /**
+   * Add a point; a step at or before the last one (a resumed job) replaces the tail. `step`:
+   * the job's step the point was logged at (its x, unless x is the epoch), for rewind().
+   */
+  add(key, x, y, step = x) {
     const series = this.series.find((s) => s.key === key);
     if (!series || !Number.isFinite(x) || !Number.isFinite(y)) return;
     while (series.points.length && series.points[series.points.length - 1][0] >= x) {
       series.points.pop();
     }
-    series.points.push([x, y]);
+    series.points.push([x, y, step]);
+    this.schedule();
+  }
+
+  /** Drop the points logged after `step`: a restarted job resumed from there. */
+  rewind(step) {
+    for (const series of this.series) {
+      series.points = series.points.filter((point) => point[2] <= step);
+    }
     this.schedule();
   }
 

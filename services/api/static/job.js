@@ -110,7 +110,7 @@ class JobPage {
     this.totalSteps = null;
     this.imagesPerS = null;
     this.device = null;
-    this.checkpoints = 0;
+    this.checkpoints = new Set(); // steps of committed checkpoints
     this.memoryFromFile = false;
     this.finished = false;
     signal.addEventListener("abort", () => {
@@ -191,7 +191,7 @@ class JobPage {
     if (job.memory_class) facts.push(`memory class ${job.memory_class}`);
     if (job.queue) facts.push(`queue ${job.queue}`);
     if (this.device) facts.push(`device ${this.device}`);
-    if (this.checkpoints) facts.push(`${this.checkpoints} checkpoints`);
+    if (this.checkpoints.size) facts.push(`${this.checkpoints.size} checkpoints`);
     if (job.requeues) facts.push(`handed back ${job.requeues}×`);
     this.$("#job-facts").textContent = facts.join(" · ");
     this.$("#cancel").hidden = TERMINAL.has(job.status) || job.cancel_requested;
@@ -229,6 +229,10 @@ class JobPage {
     const pending = this.job.status === "queued" ? this.job.pending : null;
     if (!pending) {
       say(this.$("#job-pending"), "");
+      return;
+    }
+    if (!this.job.queue) { // being planned: no class, so no queue or workers to count yet
+      say(this.$("#job-pending"), pending.reason);
       return;
     }
     const where = pending.queue_position ? `#${pending.queue_position} in the queue · ` : "";
@@ -299,8 +303,11 @@ class JobPage {
         this.onLog(event);
         break;
       case "checkpoint":
-        this.checkpoints += 1;
+        this.checkpoints.add(event.step);
         this.renderHead();
+        break;
+      case "rewind":
+        this.onRewind(event);
         break;
       case "memory":
         if (!this.memoryFromFile) {
@@ -326,6 +333,23 @@ class JobPage {
         .filter(([key]) => key.endsWith("_bytes")));
       if (Object.keys(peaks).length) this.renderMemory(peaks, "step events (peak so far)");
     }
+  }
+
+  /**
+   * A restarted attempt resumed from `event.step`: what the page drew past it came from the
+   * attempt that was lost (the new one logs those steps again), so it goes.
+   */
+  onRewind(event) {
+    for (const { chart } of this.charts) chart.rewind(event.step);
+    for (const step of this.checkpoints) if (step > event.step) this.checkpoints.delete(step);
+    const lost = this.sampleSteps.filter((step) => step > event.step);
+    if (lost.length) {
+      for (const step of lost) this.samples.delete(step);
+      this.refreshSamples();
+    }
+    this.step = event.step;
+    this.epoch = event.epoch;
+    this.renderHead();
   }
 
   onLog(event) {
@@ -374,7 +398,7 @@ class JobPage {
       const x = spec.x === "epoch" ? event.epoch + 1 : event.step;
       for (const series of spec.series) {
         if (series.from === event.kind && series.key in event.metrics) {
-          chart.add(series.key, x, event.metrics[series.key]);
+          chart.add(series.key, x, event.metrics[series.key], event.step);
         }
       }
     }
@@ -395,11 +419,23 @@ class JobPage {
   addSample(step, path) {
     if (this.samples.has(step)) return; // the final grid is announced twice
     this.samples.set(step, path);
+    this.refreshSamples();
+  }
+
+  /** The slider after the set of grids changed: the newest, or where the user left it. */
+  refreshSamples() {
     this.sampleSteps = [...this.samples.keys()].sort((a, b) => a - b);
     const slider = this.$("#sample-slider");
-    slider.max = String(this.sampleSteps.length - 1);
-    slider.disabled = false;
-    if (this.followLatest) slider.value = slider.max;
+    slider.max = String(Math.max(this.sampleSteps.length - 1, 0));
+    slider.disabled = !this.sampleSteps.length;
+    if (this.followLatest || Number(slider.value) > Number(slider.max)) slider.value = slider.max;
+    if (!this.sampleSteps.length) { // a rewind took every grid shown so far
+      this.showSeq += 1; // an image still loading is not shown
+      this.$("#sample-img").hidden = true;
+      this.$("#sample-label").textContent = "";
+      this.$("#sample-caption").textContent = "no sample grid yet";
+      return;
+    }
     this.showSample();
   }
 
