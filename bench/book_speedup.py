@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from typing import Any
 
 from shared.schemas import ClassifierSpec
 from workers.trainer.data import load_dataset
@@ -27,7 +28,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="training budget for each")
     args = parser.parse_args()
     load_dataset("mnist-5k")
-    quiet = {"checkpoint_every": 10**6, "sample_every": 10**6, "log_every": 1000, "device": "cpu"}
+    quiet: dict[str, Any] = {
+        "checkpoint_every": 10**6,
+        "sample_every": 10**6,
+        "log_every": 1000,
+        "device": "cpu",
+    }
     # Measure each mode's rate on a short run, then give each the same training time budget.
     book_rate = run(ClassifierSpec(mode="book", max_steps=2000, **quiet))[0]
     fast_spec = ClassifierSpec(max_steps=100, **quiet)  # fast mode's defaults

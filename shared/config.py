@@ -86,7 +86,19 @@ class Settings(BaseSettings):
     # the planner, and (worker side) this worker's role and class (detected when unset).
     MEMORY_CLASSES: str = "cpu:16"
     MEMORY_HEADROOM: float = Field(0.9, gt=0, le=1)
-    PLAN_TIMEOUT_S: float = Field(30.0, ge=0)
+    PLAN_TIMEOUT_S: float = Field(
+        300.0, ge=0, description="A job waits this long for its probe, then runs unplanned; 0: off"
+    )
+    # A submit answers fast whatever the planner is doing (README, "Memory planning"): it waits
+    # at most PLAN_WAIT_S for a new shape's probe, then the job is accepted `queued`, being
+    # planned; probes are cached PLAN_CACHE_TTL_S and limited per owner (in Redis).
+    PLAN_WAIT_S: float = Field(
+        1.0, ge=0, description="How long a submit waits for a probe before answering"
+    )
+    PLAN_CACHE_TTL_S: int = Field(7 * 86400, ge=60, description="Lifetime of a cached probe")
+    PLAN_PROBES_PER_MINUTE: int = Field(
+        20, ge=1, description="New probes one owner may cause per minute (429 past it)"
+    )
     WORKER_ROLE: Literal["trainer", "planner"] = "trainer"
     WORKER_MEMORY_CLASS: str | None = None
     # Test-only: lets tests inject crashes and OOMs into a job (never enable in production).
@@ -94,6 +106,24 @@ class Settings(BaseSettings):
 
     # Worker-side: where data sets are cached on local disk.
     DATA_DIR: str = ".trainyard/data"
+
+    # Data set uploads and the worker's data set cache (README, "Data sets"). Untrusted input
+    # may not use memory out of proportion to these: a parse holds at most about
+    # 3 x UPLOAD_DECODED_MAX_BYTES (body, pixels, stored npz), UPLOAD_PARSE_CONCURRENCY at once.
+    UPLOAD_DECODED_MAX_BYTES: int = Field(
+        256 * 2**20, ge=1, description="Largest decoded (pixel) size of one upload, bytes"
+    )
+    UPLOAD_PARSE_CONCURRENCY: int = Field(2, ge=1, description="Uploads parsed at once per API")
+    UPLOAD_PARSE_WAIT_S: float = Field(
+        2.0, ge=0, description="How long an upload waits for a parse slot before a 503"
+    )
+    DATASETS_MAX_PER_OWNER: int = Field(100, ge=1, description="Uploaded data sets per owner")
+    DATASETS_MAX_BYTES_PER_OWNER: int = Field(
+        4 * 2**30, ge=1, description="Stored (compressed npz) bytes of one owner's data sets"
+    )
+    WORKER_DATASET_CACHE_BYTES: int = Field(
+        2 * 2**30, ge=0, description="Decoded data sets a worker keeps in memory (LRU), bytes"
+    )
 
     @property
     def visibility_timeout_s(self) -> int:

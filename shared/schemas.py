@@ -20,9 +20,13 @@ from shared.status import JobStatus
 from shared.zoo import BUILTIN_DATASETS, MODELS
 
 # --- Job specs (input): what to train. extra="forbid" so a typo is a 422, not a silent default.
+# Numbers and flags are strict (Field(strict=True)): `"epochs": true` or `"epochs": "3"` is a
+# 422 naming the field, never read as 1 or 3. A float field takes an integer (`"lr": 1`).
 
 UPLOADED_DATASET = re.compile(r"^ds-[0-9a-f]{16}$")
-Side = Annotated[int, Field(ge=1, le=1024)]
+# Documented in the OpenAPI document; _known_dataset() gives the friendlier message.
+DATASET_PATTERN = r"^(" + "|".join(BUILTIN_DATASETS) + r"|ds-[0-9a-f]{16})$"
+Side = Annotated[int, Field(strict=True, ge=1, le=1024)]
 SPEED_FLAGS = ("amp", "channels_last", "compile")  # opt-in, off by default, fast mode only
 
 
@@ -40,6 +44,7 @@ class _TrainSpec(BaseModel):
         "mnist-5k",
         description="mnist-5k, mnist, fashion-mnist, fake, or the "
         "id of an uploaded data set (ds-...)",
+        json_schema_extra={"pattern": DATASET_PATTERN},
     )
     crop: Side | tuple[Side, Side] | None = Field(
         None, description="Centre-crop to this side (or [height, width]) before resizing"
@@ -47,30 +52,39 @@ class _TrainSpec(BaseModel):
     resize: Side | tuple[Side, Side] | None = Field(
         None, description="Resize to this side (or [height, width]); grey->RGB is automatic"
     )
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(64, ge=1, le=4096)
-    lr: float = Field(3e-3, gt=0, le=1.0, description="Adam learning rate")
+    epochs: int = Field(10, strict=True, ge=1, le=1000)
+    batch_size: int = Field(64, strict=True, ge=1, le=4096)
+    lr: float = Field(3e-3, strict=True, gt=0, le=1.0, description="Adam learning rate")
     max_steps: int | None = Field(
-        None, ge=1, le=10_000_000, description="Stop after this many optimiser steps"
+        None, strict=True, ge=1, le=10_000_000, description="Stop after this many optimiser steps"
     )
-    checkpoint_every: int = Field(500, ge=1, le=10_000_000, description="Steps between checkpoints")
-    sample_every: int = Field(500, ge=1, le=10_000_000, description="Steps between sample grids")
-    log_every: int = Field(10, ge=1, le=100_000, description="Steps between metric events")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    checkpoint_every: int = Field(
+        500, strict=True, ge=1, le=10_000_000, description="Steps between checkpoints"
+    )
+    sample_every: int = Field(
+        500, strict=True, ge=1, le=10_000_000, description="Steps between sample grids"
+    )
+    log_every: int = Field(
+        10, strict=True, ge=1, le=100_000, description="Steps between metric events"
+    )
+    seed: int = Field(0, strict=True, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Opt-in speed-ups aimed at CUDA (they also run on CPU); fast mode only.
     amp: bool = Field(
         False,
+        strict=True,
         description="Opt-in, aimed at CUDA: run the training forward passes under bf16 "
         "autocast (losses stay float32, no GradScaler needed). Fast mode only",
     )
     channels_last: bool = Field(
         False,
+        strict=True,
         description="Opt-in, aimed at CUDA: keep conv weights and image batches in the "
         "channels_last memory format (no effect on fully-connected models). Fast mode only",
     )
     compile: bool = Field(
         False,
+        strict=True,
         description="Opt-in, aimed at CUDA: torch.compile the model(s) for training; the "
         "first steps pay the compilation, checkpoints are unchanged. Fast mode only",
     )
@@ -171,9 +185,9 @@ def _hw(value: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _field_error(field: str, message: str) -> PydanticCustomError:
-    return PydanticCustomError(
-        "spec_conflict", "{field}: {message}", {"field": field, "message": message}
-    )
+    """A cross-field rule's error. A model validator's error has the model as its location, so
+    the field at fault travels in ctx["field"]; the API's 422 names it (services/api/errors.py)."""
+    return PydanticCustomError("spec_conflict", "{message}", {"field": field, "message": message})
 
 
 # --- Job records (output).
@@ -193,7 +207,11 @@ class JobPublic(BaseModel):
     requeues: int = Field(0, description="Graceful hand-backs (worker shutdown); not failures")
     enqueued_at: datetime | None = None
     memory_class: str | None = Field(None, description="The worker memory class it was routed to")
-    queue: str | None = None
+    queue: str | None = Field(
+        None,
+        description="The queue it was routed to; absent while it is being planned (a new "
+        "model/data shape's memory probe is running; pending.reason says so)",
+    )
     predicted_peak_gpu_bytes: int | None = Field(
         None, description="Predicted before it ran: peak GPU tensor memory of a training step"
     )
@@ -221,6 +239,12 @@ class JobPublic(BaseModel):
     pending: PendingInfo | None = Field(None, description="Queued jobs only: why it waits")
     error: str | None = None
     result: dict[str, Any] | None = None
+
+    @property
+    def being_planned(self) -> bool:
+        """Accepted while the planner measures its model and data shape: not routed yet; it
+        will be, or fail with the planner's reason (README, "Memory planning")."""
+        return self.status is JobStatus.QUEUED and self.queue is None and not self.memory_class
 
 
 class PendingInfo(BaseModel):
@@ -258,15 +282,24 @@ class JobsPublic(BaseModel):
 
 # --- Events on a job's Redis Stream.
 
-EventKind = Literal["status", "step", "epoch", "checkpoint", "sample", "memory", "log"]
+EventKind = Literal["status", "step", "epoch", "checkpoint", "sample", "memory", "log", "rewind"]
 
 
 class JobEvent(BaseModel):
-    """One event on a job's stream: training metrics, a checkpoint, a status change..."""
+    """One event on a job's stream: training metrics, a checkpoint, a status change...
+
+    A restarted job writes a `rewind` event first: `step` is the checkpoint it resumed from and
+    `attempt` the new attempt. Events of earlier attempts past that step are superseded
+    (shared/events.py: /metrics leaves them out, SSE clients drop what they drew past it)."""
 
     id: str | None = Field(None, description="Redis Stream id, set when read back")
     kind: EventKind
     time: float
+    attempt: int = Field(
+        0,
+        ge=0,
+        description="The attempt that wrote it (1 = the first start); 0 before any start",
+    )
     step: int = 0
     epoch: int = 0
     metrics: dict[str, float] = {}

@@ -19,9 +19,10 @@ from shared.auth import Principal, TokenTable
 from shared.catalog import DatasetCatalog
 from shared.config import Settings
 from shared.events import EventStream
-from shared.jobs import JobRegistry
+from shared.jobs import JOB_ID, JobRegistry
 from shared.logs import current_job
 from shared.planning import Planner
+from shared.schemas import UPLOADED_DATASET
 from shared.storage import ArtifactStore
 from shared.workers import WorkerRegistry
 
@@ -95,10 +96,25 @@ async def get_principal(
     return principal
 
 
-async def job_context(job_id: Annotated[str, Path(max_length=64, description="A job id")]) -> str:
-    """The path's job id, also set as the log context: every log line names the job."""
+async def job_context(
+    job_id: Annotated[str, Path(pattern=JOB_ID, description="A job id: 16 lowercase hex digits")],
+) -> str:
+    """The path's job id, also set as the log context: every log line names the job.
+
+    Validated by pattern (a 422 naming `job_id` otherwise) before any route reads Redis or
+    S3: the id becomes part of keys (`{prefix}:job:{id}`, `jobs/{id}/...`), so a suffix such
+    as `:events` must not reach them."""
     current_job.set(job_id)
     return job_id
+
+
+async def dataset_path_id(
+    dataset_id: Annotated[
+        str, Path(pattern=UPLOADED_DATASET.pattern, description="A data set id: ds-<16 hex>")
+    ],
+) -> str:
+    """The path's data set id, validated by pattern (a 422 naming `dataset_id` otherwise)."""
+    return dataset_id
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -110,3 +126,4 @@ WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 JobIdDep = Annotated[str, Depends(job_context)]
+DatasetIdDep = Annotated[str, Depends(dataset_path_id)]

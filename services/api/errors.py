@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from shared.catalog import DatasetNotFound
 from shared.jobs import JobNotFound
@@ -68,12 +69,32 @@ def error_response(
 
 
 def _field_of(error: dict[str, Any]) -> str | None:
-    """("body", "classifier", "epochs") -> "epochs"; a bad `task` names the discriminator."""
+    """("body", "classifier", "epochs") -> "epochs"; a bad `task` names the discriminator; a
+    cross-field rule (shared/schemas.py _field_error) names its field in ctx["field"]."""
+    ctx = error.get("ctx") or {}
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        return str(error.get("ctx", {}).get("discriminator", "task")).strip("'")
-    parts = [str(p) for p in error["loc"][1:] if not isinstance(p, int)]
+        return str(ctx.get("discriminator", "task")).strip("'")
+    if isinstance(ctx.get("field"), str):
+        return str(ctx["field"])
+    # The top-level name only: after it come list indexes and union members' tags
+    # (("body", "classifier", "crop", "constrained-int") -> "crop", not "crop.constrained-int").
+    parts = [p for p in error["loc"][1:] if isinstance(p, str)]
     parts = [p for p in parts if p not in ("classifier", "gan", "cgan")]
-    return ".".join(parts) or None
+    return parts[0] if parts else None
+
+
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` of a 405: each method some route fully matches at this path, e.g.
+    "GET, HEAD, POST" for /v1/jobs (Starlette's own names the first matching route's only)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -87,14 +108,13 @@ def install(app: FastAPI) -> None:
         return error_response(422, "validation_error", str(message), first["field"], details)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = getattr(exc, "code", None) or CODES.get(exc.status_code, "error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
         return error_response(
-            exc.status_code,
-            code,
-            str(exc.detail),
-            getattr(exc, "field", None),
-            headers=dict(exc.headers or {}),
+            exc.status_code, code, str(exc.detail), getattr(exc, "field", None), headers=headers
         )
 
     @app.exception_handler(JobNotFound)

@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.api import errors
+from services.api import errors, openapi
 from services.api.deps import Services
-from services.api.limits import JsonBodyLimit
+from services.api.limits import JSON, MULTIPART, BodyRule, RequestGuard
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.routes import datasets, health, jobs, ui
 from shared.auth import TokenTable
@@ -46,9 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers=workers,
             aredis=aredis,
             store=store,
-            catalog=DatasetCatalog(redis, store, settings.KEY_PREFIX),
+            catalog=DatasetCatalog(redis, store, settings.KEY_PREFIX, settings),
             celery=celery,
-            planner=Planner(redis, celery, settings, workers),
+            planner=Planner(redis, celery, settings, workers, aredis),
         )
         collector = JobsCollector(registry, workers, settings)
         REGISTRY.register(collector)
@@ -73,7 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     ui.mount(app)  # the dashboard at "/", after the API routes; not in the OpenAPI schema
     errors.install(app)
-    app.add_middleware(JsonBodyLimit, max_bytes=settings.JSON_BODY_MAX_BYTES)
+    openapi.install(app)  # optional parameters documented as non-null
+    # Nothing of a body is read before its headers, token, media type and size are checked.
+    app.add_middleware(
+        RequestGuard,
+        tokens=tokens,
+        default=BodyRule(JSON, settings.JSON_BODY_MAX_BYTES),
+        rules={("POST", "/v1/datasets"): BodyRule(MULTIPART, settings.UPLOAD_MAX_BYTES)},
+    )
     app.add_middleware(TimingMiddleware)
     return app
 

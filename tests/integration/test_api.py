@@ -174,7 +174,7 @@ def test_cursor_pages_filter_and_never_repeat(as_user: dict[str, Client]) -> Non
     assert set(done) == {*ids, gan}
     with pytest.raises(ApiError) as info:
         carol.list_jobs(cursor="garbage!")
-    assert info.value.status_code == 400 and info.value.field == "cursor"
+    assert info.value.status_code == 422 and info.value.field == "cursor"
 
 
 def test_sse_resumes_without_gaps_or_duplicates(client: Client) -> None:
@@ -218,10 +218,10 @@ def test_sse_streams_live_until_the_end(client: Client) -> None:
     [
         ("summary.json", 200),
         ("final/model.pt", 200),
-        ("..%2f..%2fsecret", 400),
-        ("%2e%2e/%2e%2e/jobs/x/summary.json", 400),
-        ("samples/%2e%2e/summary.json", 400),  # raw ../ is resolved by the client itself
-        ("%2Fetc%2Fpasswd", 400),
+        ("..%2f..%2fsecret", 422),
+        ("%2e%2e/%2e%2e/jobs/x/summary.json", 422),
+        ("samples/%2e%2e/summary.json", 422),  # raw ../ is resolved by the client itself
+        ("%2Fetc%2Fpasswd", 422),
         ("nope.bin", 404),
     ],
 )

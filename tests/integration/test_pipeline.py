@@ -178,15 +178,18 @@ def test_bad_spec_is_422_naming_the_field(
     assert error["code"] == "validation_error" and field in (error["field"] or error["message"])
 
 
+UNKNOWN = "deadbeefdeadbeef"  # a well-formed job id (16 hex digits) that no job has
+
+
 @pytest.mark.parametrize(
-    "path", ["/v1/jobs/deadbeef", "/v1/jobs/deadbeef/metrics", "/v1/jobs/deadbeef/artifacts"]
+    "path", [f"/v1/jobs/{UNKNOWN}", f"/v1/jobs/{UNKNOWN}/metrics", f"/v1/jobs/{UNKNOWN}/artifacts"]
 )
 def test_unknown_id_is_404(http: httpx.Client, path: str) -> None:
     response = http.get(path)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
-    assert "deadbeef" in response.json()["error"]["message"]
-    assert http.post("/v1/jobs/deadbeef/cancel").status_code == 404
+    assert UNKNOWN in response.json()["error"]["message"]
+    assert http.post(f"/v1/jobs/{UNKNOWN}/cancel").status_code == 404
 
 
 def test_health_and_openapi(stack: Stack, client: Client) -> None:

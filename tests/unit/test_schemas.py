@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -7,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.schemas import ClassifierSpec, JobSpecAdapter
+from shared.zoo import BUILTIN_DATASETS
 
 
 @dataclass
@@ -128,6 +130,18 @@ CASES = [
         "compile",
     ),
     Case("amp as text", {"task": "classifier", "amp": "bf16"}, "amp"),
+    # No coercion: a bool or a string is not a number, a number is not a bool.
+    Case("epochs as true", {"task": "classifier", "epochs": True}, "epochs"),
+    Case("epochs as numeric text", {"task": "classifier", "epochs": "3"}, "epochs"),
+    Case("max_steps as true", {"task": "gan", "max_steps": True}, "max_steps"),
+    Case("seed as numeric text", {"task": "cgan", "seed": "7"}, "seed"),
+    Case("lr as true", {"task": "classifier", "lr": True}, "lr"),
+    Case("lr as numeric text", {"task": "classifier", "lr": "0.01"}, "lr"),
+    Case("crop side as true", {"task": "classifier", "crop": [True, 20]}, "crop"),
+    Case("resize as numeric text", {"task": "gan", "resize": "28"}, "resize"),
+    Case("amp as 1", {"task": "classifier", "amp": 1}, "amp"),
+    Case("compile as text", {"task": "classifier", "compile": "true"}, "compile"),
+    Case("integer lr", {"task": "classifier", "lr": 1}, expect={"lr": 1.0}),
 ]
 
 
@@ -150,3 +164,27 @@ def test_spec_validation(case: Case) -> None:
 def test_spec_round_trips_through_json() -> None:
     spec = ClassifierSpec(epochs=3, batch_size=32)
     assert JobSpecAdapter.validate_json(spec.model_dump_json()) == spec
+
+
+def test_strict_fields_refuse_coercion_from_json() -> None:
+    """The API parses JSON: `"epochs": true` was read as 1 epoch."""
+    for body in ('{"task": "classifier", "epochs": true}', '{"task": "gan", "batch_size": "8"}'):
+        with pytest.raises(ValidationError):
+            JobSpecAdapter.validate_json(body)
+
+
+def test_cross_field_errors_name_their_field_once() -> None:
+    with pytest.raises(ValidationError) as info:
+        JobSpecAdapter.validate_python({"task": "classifier", "mode": "book", "batch_size": 4})
+    (error,) = info.value.errors()
+    assert error["ctx"]["field"] == "batch_size"
+    assert error["msg"] == "book mode trains with batch size 1, as the book"
+
+
+def test_dataset_pattern_is_documented() -> None:
+    schema = JobSpecAdapter.json_schema()["$defs"]["ClassifierSpec"]["properties"]["dataset"]
+    pattern = re.compile(schema["pattern"])
+    for name in [*BUILTIN_DATASETS, "ds-0123456789abcdef"]:
+        assert pattern.fullmatch(name)
+    for name in ["imagenet", "ds-xyz", "ds-0123456789abcdef:x", "mnist\n"]:
+        assert not pattern.fullmatch(name)
