@@ -2,7 +2,7 @@
 
 A restarted job repeats what its last attempt logged after the checkpoint it resumes from.
 The new attempt writes a `rewind` event (to that step, with its attempt) before anything
-else, and `Reconciler` turns the stream into the history that was kept: /metrics returns it,
+else, and `KeptHistory` turns the stream into the history that was kept: /metrics returns it,
 and SSE replays it before following live events (clients apply live rewinds themselves)."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class EventStream:
     def history(self, job_id: str, after: str | None = None) -> list[JobEvent]:
         """read(), reconciled: each step's events once, from the attempt that was kept (the
         rewind events stay, so a reader that had events up to `after` can drop its own)."""
-        return Reconciler().keep(self.read(job_id, after=after))
+        return KeptHistory().keep(self.read(job_id, after=after))
 
     def tail(
         self, job_id: str, after: str = "0-0", block_ms: int = 1000
@@ -110,7 +110,7 @@ class EventStream:
 REPLAYED_KINDS = frozenset({"step", "epoch", "checkpoint", "sample", "memory"})
 
 
-class Reconciler:
+class KeptHistory:
     """Decides, reading a job's events in stream order, which ones the kept history holds:
 
     - a `rewind` to step N supersedes every earlier event of a replayed kind past step N;
@@ -172,11 +172,11 @@ class Reconciler:
         return self.live(event)
 
 
-async def ascan(aredis: AsyncRedis, key: str, after: str = "0-0", page: int = 1000) -> Reconciler:
+async def ascan(aredis: AsyncRedis, key: str, after: str = "0-0", page: int = 1000) -> KeptHistory:
     """Read stream `key` after id `after` to its current end, `page` entries at a time, into a
-    Reconciler that then tells a follower which events to send (passes()). Holds one id per
+    KeptHistory that then tells a follower which events to send (passes()). Holds one id per
     replayed kind and step while it reads, then only the superseded ids."""
-    history = Reconciler()
+    history = KeptHistory()
     history.read_to = after
     while True:
         start = f"({history.read_to}" if history.read_to != "0-0" else "-"

@@ -1,4 +1,4 @@
-"""A restarted job's event history: the rewind a resume writes and the Reconciler that keeps
+"""A restarted job's event history: the rewind a resume writes and the KeptHistory that keeps
 each step once (shared/events.py). Streams with real Redis: tests/integration."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.events import Reconciler
+from shared.events import KeptHistory
 from shared.schemas import ClassifierSpec, EventKind, JobEvent
 from shared.storage import LocalArtifactStore
 from workers.trainer.loop import fit
@@ -30,7 +30,7 @@ def ev(kind: EventKind, step: int, attempt: int, n: int, **info: Any) -> JobEven
 
 
 def kept_steps(events: list[JobEvent], kind: str = "step") -> list[tuple[int, int]]:
-    return [(e.step, e.attempt) for e in Reconciler().keep(events) if e.kind == kind]
+    return [(e.step, e.attempt) for e in KeptHistory().keep(events) if e.kind == kind]
 
 
 def crash_at_15() -> list[JobEvent]:
@@ -65,7 +65,7 @@ def test_a_rewind_keeps_each_step_once_from_the_attempt_that_went_on() -> None:
     assert [s for s, _ in kept_steps(events)].count(15) == 1  # twice in the stream
     assert kept_steps(events) == [(s, 1) for s in range(1, 11)] + [(s, 2) for s in range(11, 21)]
     assert kept_steps(events, "sample") == [(5, 1), (10, 1), (15, 2), (20, 2)]
-    kept = Reconciler().keep(events)
+    kept = KeptHistory().keep(events)
     # The story of the attempts stays: both starts, the loss, and the rewind itself.
     assert [e.info.get("status") for e in kept if e.kind == "status"] == [
         "running",
@@ -78,7 +78,7 @@ def test_a_rewind_keeps_each_step_once_from_the_attempt_that_went_on() -> None:
 def test_a_window_after_an_id_holds_the_rewind_and_no_superseded_event() -> None:
     events = crash_at_15()
     cut = next(i for i, e in enumerate(events) if e.kind == "step" and e.step == 13)
-    window = Reconciler().keep(events[cut:])  # a reader that had events up to step 12
+    window = KeptHistory().keep(events[cut:])  # a reader that had events up to step 12
     assert [e.kind for e in window].count("rewind") == 1
     assert [(e.step, e.attempt) for e in window if e.kind == "step"] == [
         (s, 2) for s in range(11, 21)
@@ -91,7 +91,7 @@ def test_a_late_write_of_the_replaced_attempt_is_dropped() -> None:
     late = ev("step", 16, 1, 999)  # the old worker, after its successor's rewind
     events.insert(rewind + 2, late)
     assert (16, 1) not in kept_steps(events)
-    follower = Reconciler()
+    follower = KeptHistory()
     assert [follower.live(e) for e in events[rewind : rewind + 3]] == [True, True, False]
 
 
@@ -106,7 +106,7 @@ def test_of_two_events_of_one_kind_at_one_step_the_newer_wins() -> None:
         ev("sample", 20, 2, 5),
         ev("memory", 20, 2, 6),
     ]
-    kept = Reconciler().keep(events)
+    kept = KeptHistory().keep(events)
     assert [(e.kind, e.attempt) for e in kept] == [
         ("step", 1),
         ("rewind", 2),

@@ -283,7 +283,9 @@ def job_metrics(
 ) -> JobEventsPublic:
     """The job's event history (metrics, checkpoints, samples, status), oldest first, each
     step once: after a restart, what the lost attempt logged past the checkpoint its successor
-    resumed from is left out (the `rewind` events say where; every event has its `attempt`)."""
+    resumed from is left out (the `rewind` events say where; every event has its `attempt`).
+    `kind` filters strictly: a reader that polls with `after` and a kind also asks for
+    `kind=rewind`, or it cannot drop what it holds past a rewind."""
     registry.get_for(job_id, principal)
     found = [e for e in events.history(job_id, after=after) if kind is None or e.kind == kind]
     return JobEventsPublic(data=found, count=len(found))
