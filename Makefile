@@ -49,9 +49,11 @@ bench: install
 	$(PY) -m bench.end_to_end
 	$(PY) -m bench.book_speedup
 	$(PY) -m bench.dispatch
+	$(PY) -m bench.dispatch --planner-busy
 	$(PY) -m bench.api_load
 	$(PY) -m bench.api_load --processes 2
 	$(PY) -m bench.front_door
+	$(PY) -m bench.upload_bombs
 	$(PY) -m bench.checkpoint_io
 	$(PY) -m bench.book_memory
 	-$(PY) -m bench.gpu_speed
