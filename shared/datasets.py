@@ -840,7 +840,7 @@ def parse_upload(
 ) -> ParsedDataset:
     """Parse an upload given as {file name: content}, choosing the format from the file names.
     `name_encoding` is the code page of zip entry names stored without the UTF-8 flag
-    (default cp437, as the zip standard says)."""
+    (default: UTF-8 where the name decodes as UTF-8, else cp437, as the zip standard says)."""
     names = list(files)
     _check_name_encoding(name_encoding)
     if not names:

@@ -57,8 +57,9 @@ UPLOAD_FORM: dict[str, Any] = {
                             "type": "string",
                             "maxLength": 32,
                             "description": "The code page of zip entry names stored without "
-                            'the UTF-8 flag (e.g. "cp866"); cp437, the zip standard\'s, '
-                            "when not given",
+                            'the UTF-8 flag (e.g. "cp866"). When not given, such names are '
+                            "read as UTF-8 if they decode as UTF-8 (tools that omit the "
+                            "flag), else as cp437, the zip standard's",
                         },
                     },
                 }
