@@ -31,6 +31,7 @@ JSON = "application/json"
 MULTIPART = "multipart/form-data"
 # Headers that may appear once at most (lower case, as ASGI gives them).
 SINGLE = (b"authorization", b"content-type", b"content-length", b"transfer-encoding")
+CLOSE = (b"connection", b"close")
 
 
 @dataclass(frozen=True)
@@ -125,24 +126,31 @@ class RequestGuard:
     async def _counted(
         self, scope: Scope, receive: Receive, send: Send, rule: BodyRule, where: str
     ) -> None:
-        """The app, with a receive() that hands it at most `rule.max_bytes` body bytes."""
-        total, started = 0, False
+        """The app, with a receive() that hands it at most `rule.max_bytes` body bytes. An
+        answer that starts before the body was read whole (a 413 past the limit, a 404/405,
+        an error) closes the connection: the server would otherwise read the rest to find the
+        next request."""
+        total, started, read_whole = 0, False, False
 
         async def counting_receive() -> Message:
-            nonlocal total
+            nonlocal total, read_whole
             message = await receive()
             if message["type"] == "http.request":
                 size = len(message.get("body", b""))
                 if total + size > rule.max_bytes:
                     raise BodyTooLarge(where, rule.max_bytes)
                 total += size
+                read_whole = not message.get("more_body", False)
                 route = getattr(scope.get("route"), "path", "unmatched")
                 REQUEST_BODY_BYTES.labels(scope["method"], route).inc(size)
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                if not read_whole:
+                    message = {**message, "headers": [*message.get("headers", []), CLOSE]}
             await send(message)
 
         try:
@@ -171,6 +179,7 @@ class RequestGuard:
         async def no_body() -> Message:  # the response never reads the request
             return {"type": "http.disconnect"}
 
+        headers = {**(headers or {}), "Connection": "close"}  # the body is never read
         response = error_response(status, CODES[status], message, headers=headers)
         await response(scope, no_body, send)
 

@@ -312,3 +312,36 @@ def test_an_authenticated_upload_within_the_limit_is_read_with_its_fields(
     found = response.json()
     assert found["name"] == "front door" and sorted(found["classes"]) == ["кот", "пёс"]
     assert _body_bytes_read(stack, "/v1/datasets") - before > 0
+
+
+CLOSING_CASES = {
+    "no token (401)": ("POST", "/v1/datasets", None, MULTIPART, HUGE),
+    "declared over the limit (413)": ("POST", "/v1/jobs", "good", "application/json", HUGE),
+    "multipart on a JSON route (415)": ("POST", "/v1/jobs", "good", MULTIPART, HUGE),
+    "chunked past the limit (413)": ("POST", "/v1/jobs", "good", "application/json", None),
+    "a method no route has (405)": ("PUT", "/v1/jobs", "good", "application/json", 1000),
+}
+
+
+@pytest.mark.parametrize("case", list(CLOSING_CASES))
+def test_an_answer_before_the_body_is_read_closes_the_connection(stack: Stack, case: str) -> None:
+    """Kept open, the server would read (and throw away) the rest of a refused body to find
+    the next request: up to 700 MB here. The answer says `Connection: close` and the server
+    closes its side."""
+    method, path, token, content_type, length = CLOSING_CASES[case]
+    bearer = stack.config.api_token if token else None
+    head = _head(stack, path, bearer, content_type, length).replace(b"POST ", f"{method} ".encode())
+    pieces = _chunked(_endless(path, content_type)) if length is None else [b"{" * 1024]
+    with socket.create_connection(("127.0.0.1", stack.config.api_port), ANSWER_WITHIN_S) as s:
+        s.sendall(head)
+        for piece in pieces:
+            if select.select([s], [], [], 0)[0]:
+                break
+            s.sendall(piece)
+        answer = _read_answer(s)
+        assert answer.status >= 400 and "connection: close" in answer.head.lower(), answer.head
+        try:
+            rest = s.recv(65536)  # EOF once the server has closed its side
+        except ConnectionResetError:
+            rest = b""
+    assert rest == b"", f"the connection stayed open: {rest[:100]!r}"
