@@ -332,6 +332,10 @@ class Stack:
                 "-m",
                 "uvicorn",
                 "services.api.main:app",
+                # h11 refuses a request head over 16 KiB; httptools buffers one of any size
+                # (8 sockets sending 100 MiB headers took the API to 1 GiB), as do deploy/'s.
+                "--http",
+                "h11",
                 "--host",
                 "127.0.0.1",
                 "--port",

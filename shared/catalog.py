@@ -3,11 +3,11 @@ visible to its owner (and admins)."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import unicodedata
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -66,9 +66,9 @@ class DatasetCatalog:
             max_upload_bytes=self.settings.UPLOAD_MAX_BYTES,
             max_decoded_bytes=self.settings.UPLOAD_DECODED_MAX_BYTES,
         )
-        # At most this many parses at a time in this process: each may hold ~3x the decoded
-        # budget (body, pixels, encoded npz).
-        self._parse_slots = threading.BoundedSemaphore(self.settings.UPLOAD_PARSE_CONCURRENCY)
+        # At most this many uploads read and parsed at a time in this process: each may hold
+        # its body and ~2x the decoded budget (pixels, encoded npz).
+        self._upload_slots = asyncio.Semaphore(self.settings.UPLOAD_PARSE_CONCURRENCY)
         self._reserve = redis.register_script(_RESERVE)
         self._owner_index_ready = False
 
@@ -133,32 +133,37 @@ class DatasetCatalog:
         name_encoding: str | None = None,
     ) -> DatasetPublic:
         """Parse an upload ({file name: content}) and store it for `owner`: the quota check,
-        a parse within the limits (under a bounded number of parses at a time), then `add`,
-        which refuses it if it would take the owner over their stored-bytes quota.
-        Every refusal is a DatasetError (status, message naming the file or field); nothing
-        is stored then."""
+        a parse within the limits, then `add`, which refuses it if it would take the owner
+        over their stored-bytes quota. The API calls it inside upload_slot(), which also
+        covers reading the body. Every refusal is a DatasetError (status, message naming the
+        file or field); nothing is stored then."""
         if name is not None:
             _check_text_field("name", name, 100)
         self.check_quota(owner)
-        with self.parse_slot():
-            parsed = parse_upload(files, self.limits, name_encoding=name_encoding)
-            return self.add(parsed, owner, name)
+        parsed = parse_upload(files, self.limits, name_encoding=name_encoding)
+        return self.add(parsed, owner, name)
 
-    @contextmanager
-    def parse_slot(self) -> Iterator[None]:
-        """Hold one of this process's UPLOAD_PARSE_CONCURRENCY parse slots (not re-entrant);
-        DatasetError(503, retry_after_s=5) when none frees up within UPLOAD_PARSE_WAIT_S."""
-        if not self._parse_slots.acquire(timeout=self.settings.UPLOAD_PARSE_WAIT_S):
+    @asynccontextmanager
+    async def upload_slot(self) -> AsyncIterator[None]:
+        """Hold one of this process's UPLOAD_PARSE_CONCURRENCY upload slots, from before the
+        body is read until the upload is stored, so uploads in flight hold at most that many
+        bodies; DatasetError(503, retry_after_s=5) when none frees up within
+        UPLOAD_PARSE_WAIT_S (nothing of the body is read then)."""
+        try:
+            await asyncio.wait_for(
+                self._upload_slots.acquire(), timeout=self.settings.UPLOAD_PARSE_WAIT_S
+            )
+        except TimeoutError:
             raise DatasetError(
                 503,
-                f"{self.settings.UPLOAD_PARSE_CONCURRENCY} uploads are being parsed already "
-                "(TRAINYARD_UPLOAD_PARSE_CONCURRENCY); retry in a few seconds",
+                f"{self.settings.UPLOAD_PARSE_CONCURRENCY} uploads are being read and parsed "
+                "already (TRAINYARD_UPLOAD_PARSE_CONCURRENCY); retry in a few seconds",
                 retry_after_s=5,
-            )
+            ) from None
         try:
             yield
         finally:
-            self._parse_slots.release()
+            self._upload_slots.release()
 
     def add(self, parsed: ParsedDataset, owner: str, name: str | None = None) -> DatasetPublic:
         """Store a validated upload and return its record. DatasetError (413/429 with the

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     MAX_QUEUED_PER_OWNER: int = Field(100, ge=1)
     IDEMPOTENCY_TTL_S: int = Field(24 * 3600, ge=60)
     SSE_PING_S: float = Field(15.0, gt=0)
-    UPLOAD_MAX_BYTES: int = Field(512 * 2**20, ge=1, description="Largest data set upload")
+    UPLOAD_MAX_BYTES: int = Field(256 * 2**20, ge=1, description="Largest data set upload")
 
     # Celery.
     QUEUE: str = "trainyard"
@@ -108,12 +108,15 @@ class Settings(BaseSettings):
     DATA_DIR: str = ".trainyard/data"
 
     # Data set uploads and the worker's data set cache (README, "Data sets"). Untrusted input
-    # may not use memory out of proportion to these: a parse holds at most about
-    # 3 x UPLOAD_DECODED_MAX_BYTES (body, pixels, stored npz), UPLOAD_PARSE_CONCURRENCY at once.
+    # may not use memory out of proportion to these: an upload holds its body (at most
+    # UPLOAD_MAX_BYTES) and about 2 x UPLOAD_DECODED_MAX_BYTES (pixels, stored npz), and at
+    # most UPLOAD_PARSE_CONCURRENCY are read and parsed at once.
     UPLOAD_DECODED_MAX_BYTES: int = Field(
         256 * 2**20, ge=1, description="Largest decoded (pixel) size of one upload, bytes"
     )
-    UPLOAD_PARSE_CONCURRENCY: int = Field(2, ge=1, description="Uploads parsed at once per API")
+    UPLOAD_PARSE_CONCURRENCY: int = Field(
+        2, ge=1, description="Uploads read and parsed at once per API process"
+    )
     UPLOAD_PARSE_WAIT_S: float = Field(
         2.0, ge=0, description="How long an upload waits for a parse slot before a 503"
     )

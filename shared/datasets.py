@@ -69,7 +69,7 @@ class DatasetError(ValueError):
 class Limits:
     """Upper bounds applied while parsing; exceeding a size bound is a 413."""
 
-    max_upload_bytes: int = 512 * 2**20  # compressed bytes received
+    max_upload_bytes: int = 256 * 2**20  # compressed bytes received
     max_decoded_bytes: int = 256 * 2**20  # x.nbytes after decoding / zip uncompressed total
     max_images: int = 1_000_000
     max_side: int = 1024  # H and W each

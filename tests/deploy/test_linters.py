@@ -73,6 +73,8 @@ def test_dockerfile_rules(name: str) -> None:
     if name == "api":
         assert "/healthz" in text
         assert "torch" not in text.replace("no torch", "")
+        cmd = re.search(r"^CMD\s+(\[.*\])\s*$", text, re.MULTILINE)
+        assert cmd and '"--http", "h11"' in cmd.group(1), "h11 caps a request head at 16 KiB"
 
 
 def test_dockerignore_keeps_secrets_and_state_out() -> None:

@@ -110,6 +110,8 @@ def test_api_probes_exist_in_the_app(rendered: dict[str, Objects]) -> None:
                 assert ctr[probe]["httpGet"]["port"] == "http"
         assert ctr["ports"] == [{"name": "http", "containerPort": 8000}]
         assert ctr["command"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
+        # h11 caps a request head at 16 KiB; httptools, uvicorn's default, buffers any size
+        assert ctr["command"][ctr["command"].index("--http") + 1] == "h11"
         assert ctr["resources"]["requests"] and ctr["resources"]["limits"]
         service = find(rendered[overlay], "Service", "api")
         assert service["spec"]["ports"][0]["port"] == 8000

@@ -17,7 +17,7 @@ from shared.client import Client
 from shared.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
 
-UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 512 MiB
+UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 256 MiB
 QUEUE_CAP = 20  # per owner; small enough to reach in a test
 # Users besides "dev" (the stack's own): two owners, an admin, one for the queue cap, and one
 # the fuzzer uses (its jobs are cancelled afterwards).

@@ -17,9 +17,8 @@ from PIL import Image
 from redis import Redis
 
 from devstack.stack import Stack
-from shared.catalog import DatasetCatalog
 from shared.client import Client
-from shared.datasets import DatasetError, from_npz_bytes, write_idx
+from shared.datasets import from_npz_bytes, write_idx
 from shared.schemas import DatasetPublic
 from shared.status import JobStatus
 from shared.storage import DatasetKeys, S3ArtifactStore
@@ -368,19 +367,3 @@ def test_owner_quotas_are_429_and_413_with_the_numbers(
     finally:
         redis.hdel(index, *fake)
     assert _stored_count(stack, minio_client) == before
-
-
-def test_parses_beyond_the_concurrency_are_refused_with_retry(
-    stack: Stack, redis: Redis, s3: S3ArtifactStore
-) -> None:
-    update = {"UPLOAD_PARSE_CONCURRENCY": 1, "UPLOAD_PARSE_WAIT_S": 0.0}
-    settings = stack.config.settings().model_copy(update=update)
-    catalog = DatasetCatalog(redis, s3, settings.KEY_PREFIX, settings)
-    files = {"d.zip": _zip({"a/1.png": _png_bytes()})}
-    with catalog.parse_slot(), pytest.raises(DatasetError) as caught:
-        catalog.ingest(files, "bob")  # the one slot is taken
-    assert caught.value.status == 503 and caught.value.retry_after_s
-    assert "retry" in str(caught.value) and "TRAINYARD_UPLOAD_PARSE_CONCURRENCY" in str(
-        caught.value
-    )
-    assert catalog.ingest(files, "bob").num_images == 1  # free again

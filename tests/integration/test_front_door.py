@@ -212,7 +212,8 @@ DUPLICATES = {
         f"Content-Type: {MULTIPART}",
         "Content-Type: application/json",
     ),
-    "two Content-Lengths": ("Content-Type: application/json", "Content-Length: 30000000"),
+    # Differing values: two equal ones are one length (RFC 9112 lets a server accept them).
+    "two Content-Lengths": ("Content-Type: application/json", "Content-Length: 29999999"),
     "Content-Length and Transfer-Encoding": (
         "Content-Type: application/json",
         "Transfer-Encoding: chunked",
@@ -345,3 +346,70 @@ def test_an_answer_before_the_body_is_read_closes_the_connection(stack: Stack, c
         except ConnectionResetError:
             rest = b""
     assert rest == b"", f"the connection stayed open: {rest[:100]!r}"
+
+
+def test_uploads_beyond_the_slots_are_refused_before_their_bodies_are_read(
+    stack: Stack, http: httpx.Client
+) -> None:
+    """UPLOAD_PARSE_CONCURRENCY uploads are read and parsed at once per API process: the slot
+    is taken before the body is read, so uploads held open by slow (or hostile) clients hold
+    at most that many bodies in memory. One more waits UPLOAD_PARSE_WAIT_S, then is a 503
+    with Retry-After, having read nothing."""
+    path, slots = "/v1/datasets", stack.config.settings().UPLOAD_PARSE_CONCURRENCY
+    token = stack.config.api_token
+    start = _multipart_start("slow.npz") + b"\0" * 4096
+    before = _body_bytes_read(stack, path)
+    held = []
+    try:
+        for _ in range(slots):  # uploads whose bodies never end: each holds a slot
+            s = socket.create_connection(("127.0.0.1", stack.config.api_port), ANSWER_WITHIN_S)
+            s.sendall(_head(stack, path, token, MULTIPART, None) + next(_chunked(iter([start]))))
+            held.append(s)
+        wait_for(
+            lambda: _body_bytes_read(stack, path) - before == slots * len(start),
+            ANSWER_WITHIN_S,
+            "the held uploads to be read as far as they were sent",
+        )
+        reading = _body_bytes_read(stack, path)
+        body = _small_body(path, MULTIPART)
+        answer = _exchange(stack, _head(stack, path, token, MULTIPART, len(body)), [body])
+        assert answer.status == 503, answer.body[:300]
+        assert "retry-after:" in answer.head.lower()
+        assert b"TRAINYARD_UPLOAD_PARSE_CONCURRENCY" in answer.body
+        assert _body_bytes_read(stack, path) == reading  # nothing of it was read
+    finally:
+        for s in held:
+            s.close()
+    # The held slots are given back when their clients go: an upload is read again.
+    wait_for(
+        lambda: (
+            http.post("/v1/datasets", files={"files": ("x.npz", b"not an npz")}).status_code == 400
+        ),
+        ANSWER_WITHIN_S,
+        "the upload slots to be free again",
+    )
+
+
+@pytest.mark.parametrize("shape", ["one long header", "many headers"])
+def test_a_request_head_over_16_kib_is_refused_and_closed(stack: Stack, shape: str) -> None:
+    """The API's HTTP parser buffered a head of any size (8 unfinished 100 MiB headers took
+    it to 1 GiB, no token needed); it refuses one past 16 KiB with a 4xx and closes. Sends
+    1 MiB of head, never finished."""
+    line = b"X-Big: " + b"a" * 65536 + b"\r\n" if shape == "one long header" else b"X-A: b\r\n"
+    head = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{stack.config.api_port}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", stack.config.api_port), ANSWER_WITHIN_S) as s:
+        s.sendall(head)
+        sent = 0
+        while sent < 1 << 20 and not select.select([s], [], [], 0)[0]:
+            try:
+                s.sendall(line)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(line)
+        answer = _read_answer(s)
+        try:
+            rest = s.recv(65536)
+        except ConnectionResetError:
+            rest = b""
+    assert 400 <= answer.status < 500, answer  # an answer at all: the head never ended
+    assert rest == b"", "the connection stayed open"

@@ -76,18 +76,22 @@ async def upload_dataset(
     """Upload a data set; it is validated, stored in the object store and given an id.
     429/413 before the body is read when the owner's data set quota is used up."""
     await _catalog_call(catalog.check_quota, principal.owner)
-    async with request.form(
-        max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=TEXT_FIELD_MAX_BYTES
-    ) as form:
-        files: dict[str, bytes] = {}
-        for i, part in enumerate(form.getlist("files")):
-            if not isinstance(part, UploadFile):
-                raise ApiProblem(422, "files: each part must be a file", field="files")
-            files[part.filename or f"file{i}"] = await part.read()
-        name, name_encoding = _text(form, "name"), _text(form, "name_encoding")
-    if not files:
-        raise ApiProblem(422, "files: at least one file is required", field="files")
-    return await _catalog_call(catalog.ingest, files, principal.owner, name, name_encoding)
+    try:
+        async with catalog.upload_slot():  # 503 before any body byte when all are taken
+            async with request.form(
+                max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=TEXT_FIELD_MAX_BYTES
+            ) as form:
+                files: dict[str, bytes] = {}
+                for i, part in enumerate(form.getlist("files")):
+                    if not isinstance(part, UploadFile):
+                        raise ApiProblem(422, "files: each part must be a file", field="files")
+                    files[part.filename or f"file{i}"] = await part.read()
+                name, name_encoding = _text(form, "name"), _text(form, "name_encoding")
+            if not files:
+                raise ApiProblem(422, "files: at least one file is required", field="files")
+            return await _catalog_call(catalog.ingest, files, principal.owner, name, name_encoding)
+    except DatasetError as exc:
+        raise _problem(exc) from exc
 
 
 def _text(form: FormData, field: str) -> str | None:
@@ -103,8 +107,12 @@ async def _catalog_call(call: Callable[..., T], *args: Any) -> T:
     try:
         return await run_in_threadpool(call, *args)
     except DatasetError as exc:
-        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        raise ApiProblem(exc.status, str(exc), field=exc.field, headers=retry) from exc
+        raise _problem(exc) from exc
+
+
+def _problem(exc: DatasetError) -> ApiProblem:
+    retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    return ApiProblem(exc.status, str(exc), field=exc.field, headers=retry)
 
 
 @router.get("")
