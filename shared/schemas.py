@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -27,6 +28,18 @@ UPLOADED_DATASET = re.compile(r"^ds-[0-9a-f]{16}$")
 # Documented in the OpenAPI document; _known_dataset() gives the friendlier message.
 DATASET_PATTERN = r"^(" + "|".join(BUILTIN_DATASETS) + r"|ds-[0-9a-f]{16})$"
 Side = Annotated[int, Field(strict=True, ge=1, le=1024)]
+
+
+def _fixed_array(n: int, item: dict[str, Any]) -> WithJsonSchema:
+    """A tuple documented as an array of `n` items. Pydantic's own form (`prefixItems`)
+    tripped Schemathesis' response checks, and every client reads the plain one."""
+    return WithJsonSchema({"type": "array", "items": item, "minItems": n, "maxItems": n})
+
+
+# [height, width]
+SidePair = Annotated[
+    tuple[Side, Side], _fixed_array(2, {"type": "integer", "minimum": 1, "maximum": 1024})
+]
 SPEED_FLAGS = ("amp", "channels_last", "compile")  # opt-in, off by default, fast mode only
 
 
@@ -46,10 +59,10 @@ class _TrainSpec(BaseModel):
         "id of an uploaded data set (ds-...)",
         json_schema_extra={"pattern": DATASET_PATTERN},
     )
-    crop: Side | tuple[Side, Side] | None = Field(
+    crop: Side | SidePair | None = Field(
         None, description="Centre-crop to this side (or [height, width]) before resizing"
     )
-    resize: Side | tuple[Side, Side] | None = Field(
+    resize: Side | SidePair | None = Field(
         None, description="Resize to this side (or [height, width]); grey->RGB is automatic"
     )
     epochs: int = Field(10, strict=True, ge=1, le=1000)
@@ -388,7 +401,9 @@ class DatasetPublic(BaseModel):
     owner: str | None = None
     name: str | None = None
     format: str = Field(description="what was uploaded: idx, npz or zip")
-    image: tuple[int, int, int] = Field(description="(channels, height, width)")
+    image: Annotated[tuple[int, int, int], _fixed_array(3, {"type": "integer", "minimum": 1})] = (
+        Field(description="(channels, height, width)")
+    )
     num_images: int
     num_classes: int = Field(description="0 when the images have no labels")
     classes: list[str]
