@@ -4,7 +4,6 @@ visible to its owner (and admins)."""
 from __future__ import annotations
 
 import asyncio
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from shared.auth import Principal
 from shared.config import Settings, get_settings
 from shared.datasets import DatasetError, Limits, ParsedDataset, parse_upload, to_npz_bytes
 from shared.jobs import RedisKeys
-from shared.schemas import DatasetPublic
+from shared.schemas import DatasetPublic, first_unprintable
 from shared.storage import ArtifactStore, DatasetKeys
 from shared.zoo import BUILTIN_DATASETS, DatasetInfo, upload_split
 
@@ -256,8 +255,11 @@ def _check_text_field(field: str, value: str, most: int) -> None:
         raise DatasetError(
             422, f"{field} is {len(value)} characters; at most {most} are allowed", field=field
         )
-    bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+    bad = first_unprintable(value)
     if bad is not None:
         raise DatasetError(
-            422, f"{field} contains the control character {bad!r}; expected text", field=field
+            422,
+            f"{field} contains the invisible or control character {bad!r} (U+{ord(bad):04X}); "
+            "expected text",
+            field=field,
         )

@@ -24,6 +24,8 @@ from typing import IO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from shared.schemas import first_unprintable
+
 __all__ = [
     "DEFAULT_LIMITS",
     "DatasetError",
@@ -520,7 +522,7 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255, 255)
 _ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _UTF8_FLAG = 0x800  # zip general purpose bit 11: the entry name is UTF-8
-_CONTROL = frozenset({"Cc", "Zl", "Zp"})  # Unicode categories refused in class names
+
 MAX_CLASS_NAME = 64
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What Pillow raises on a damaged file, beyond the documented OSError.
@@ -580,13 +582,16 @@ def _check_class_name(where: str, cls: str) -> None:
             f"{where}: class name {_short(cls)!r} is {len(cls)} characters; at most "
             f"{MAX_CLASS_NAME} are allowed",
         )
-    bad = next((ch for ch in cls if unicodedata.category(ch) in _CONTROL), None)
+    bad = first_unprintable(cls)
     if bad is not None:
         raise DatasetError(
             422,
-            f"{where}: class name {_short(cls)!r} contains the control character {bad!r}; if "
-            "the zip was made with another code page, give it as name_encoding",
+            f"{where}: class name {_short(cls)!r} contains the invisible or control character "
+            f"{bad!r} (U+{ord(bad):04X}); if the zip was made with another code page, give it "
+            "as name_encoding",
         )
+    if not cls.strip():
+        raise DatasetError(422, f"{where}: a class name is blank; expected visible text")
 
 
 def _check_entry(name: str, path: str, info: zipfile.ZipInfo) -> None:

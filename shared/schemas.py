@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -28,6 +29,15 @@ UPLOADED_DATASET = re.compile(r"^ds-[0-9a-f]{16}$")
 # Documented in the OpenAPI document; _known_dataset() gives the friendlier message.
 DATASET_PATTERN = r"^(" + "|".join(BUILTIN_DATASETS) + r"|ds-[0-9a-f]{16})$"
 Side = Annotated[int, Field(strict=True, ge=1, le=1024)]
+# Unicode categories refused in labels people read (job and data set names, class names):
+# controls, line breaks, and invisible format characters (zero-width spaces, bidi overrides
+# that make one name look like another).
+UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def first_unprintable(text: str) -> str | None:
+    """The first character of `text` in an UNPRINTABLE category, or None."""
+    return next((ch for ch in text if unicodedata.category(ch) in UNPRINTABLE), None)
 
 
 def _fixed_array(n: int, item: dict[str, Any]) -> WithJsonSchema:
@@ -130,6 +140,17 @@ class _TrainSpec(BaseModel):
                     flags[0], "book mode is the book's exact recipe (float32, eager); use fast mode"
                 )
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        bad = None if value is None else first_unprintable(value)
+        if bad is not None:
+            raise ValueError(
+                f"contains the invisible or control character {bad!r} (U+{ord(bad):04X}); "
+                "expected text"
+            )
+        return value
 
     @field_validator("dataset")
     @classmethod

@@ -596,8 +596,22 @@ def test_names_that_do_not_decode_are_refused() -> None:
             {"d.npz": npz(x=X, y=np.zeros(4, dtype=int), classes=np.array(["a\nb"]))},
             ["control character"],
         ),
+        # Invisible: a zero-width space makes "cat" and "ca\u200bt" two classes that look
+        # the same; a right-to-left override makes a name read backwards.
+        ({"d.zip": make_zip({"ca\u200bt/1.png": PNG_8})}, ["invisible", "U+200B"]),
+        ({"d.zip": make_zip({"\u202ecat/1.png": PNG_8})}, ["invisible", "U+202E"]),
+        ({"d.zip": make_zip({" /1.png": PNG_8})}, ["blank"]),
     ],
-    ids=["zip-control", "zip-escape-no-flag", "zip-long", "npz-100kb", "npz-newline"],
+    ids=[
+        "zip-control",
+        "zip-escape-no-flag",
+        "zip-long",
+        "npz-100kb",
+        "npz-newline",
+        "zip-zero-width",
+        "zip-bidi",
+        "zip-blank",
+    ],
 )
 def test_class_names_are_short_and_printable(files: dict[str, bytes], says: list[str]) -> None:
     with pytest.raises(DatasetError) as caught:

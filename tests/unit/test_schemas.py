@@ -212,3 +212,12 @@ def test_the_openapi_document_has_no_tuple_form_arrays() -> None:
     assert found == []
     image = app.openapi()["components"]["schemas"]["DatasetPublic"]["properties"]["image"]
     assert image["minItems"] == image["maxItems"] == 3 and image["items"]["type"] == "integer"
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "line\nbreak", "x\u202ey", "z\u200bw"])
+def test_a_job_name_with_invisible_or_control_characters_is_refused(name: str) -> None:
+    """The same rule as data set and class names: what people read is visible text."""
+    with pytest.raises(ValidationError) as caught:
+        ClassifierSpec(name=name)
+    assert caught.value.errors()[0]["loc"] == ("name",)
+    assert ClassifierSpec(name="résumé run 2").name == "résumé run 2"
