@@ -149,3 +149,15 @@ def test_fit_resuming_writes_a_rewind_and_stamps_every_event(tmp_path: Path) -> 
     assert kept_steps(stream, "sample") == [(4, 1), (8, 1), (12, 2), (16, 2)]
     # The first start writes no rewind: there is nothing to supersede.
     assert not any(e.kind == "rewind" and e.attempt == 1 for e in stream)
+
+
+def test_a_step_that_ends_an_interval_and_the_run_writes_its_grid_once(tmp_path: Path) -> None:
+    """16 steps, a grid every 4: the loop's grid at step 16 is also the end's. Written twice,
+    the live stream had two sample events at step 16 and the kept history one, so a live
+    client counted one event more than /metrics gave (a flaky browser test)."""
+    stream: list[JobEvent] = []
+    run = LocalRun("j", LocalArtifactStore(tmp_path))
+    run.events, run.sink = stream, stream.extend
+    fit(SPEC, run)
+    assert [e.step for e in stream if e.kind == "sample"] == [4, 8, 12, 16]
+    assert len(KeptHistory().keep(stream)) == len(stream)  # nothing to drop in one attempt

@@ -108,6 +108,7 @@ class Run:
         self._events_lock = threading.Lock()  # the uploader thread emits too
         self._last_flush = time.monotonic()
         self._last_checkpoint_step = -1
+        self._last_sample_step = -1
         self.uploader = Uploader()
         # Checkpoints are serialised (torch.save, sha256) on a thread of their own, so one
         # serialises while the one before it uploads.
@@ -220,7 +221,11 @@ class Run:
     def sample(self, step: int, epoch: int, grid: Tensor) -> None:
         """A make_grid image, saved as PNG behind. It is made 8-bit here, as save_image does,
         because torch's parallel ops on a writer thread start an OpenMP team of their own
-        that competes with the training step's (measured: bench/RESULTS.md, "Overhead")."""
+        that competes with the training step's (measured: bench/RESULTS.md, "Overhead").
+        A step's grid is written once: the loop's last interval and the end can be one step."""
+        if step == self._last_sample_step:
+            return
+        self._last_sample_step = step
         pixels = grid.detach().mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0)
         hwc = pixels.to("cpu", torch.uint8).numpy()
 
