@@ -95,8 +95,9 @@ class RedisKeys:
     def lease_log(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:leases"
 
-    def faults(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:faults"
+    def faults(self, job_name: str) -> str:
+        """Test-only fault plan, keyed by job name so a test can write it before it submits."""
+        return f"{self.prefix}:faults:{job_name}"
 
     def workers(self) -> str:
         return f"{self.prefix}:workers"

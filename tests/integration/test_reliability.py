@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,17 @@ def workers_up(chaos: Stack) -> Iterator[None]:
 def worker_of(chaos: Stack, job: JobPublic) -> Process:
     assert job.worker is not None
     return next(w for w in chaos.workers if job.worker.startswith(f"{w.name}-"))
+
+
+def submit_with_faults(
+    api: Client, reg: JobRegistry, spec: dict[str, Any], **faults: int | str
+) -> JobPublic:
+    """Write the fault plan, then submit a job of its name: the plan is there before any worker
+    can start the job (writing it after submit raced a fast worker: the crash did not happen)."""
+    name = f"chaos-{uuid.uuid4().hex[:12]}"
+    plan: dict[Any, Any] = dict(faults)
+    reg.redis.hset(reg.keys.faults(name), mapping=plan)
+    return api.submit({**spec, "name": name})
 
 
 def step_events(api: Client, job_id: str) -> list[JobEvent]:
@@ -255,11 +267,7 @@ def test_injected_oom_picks_the_micro_batch_the_planner_predicts_fits(
     # 16 (blind halving would pick 32 and fail again).
     result = probe(JobSpecAdapter.validate_python(spec), (1, 28, 28), 10)
     budget = (predict(result, 16)[0] + predict(result, 17)[0]) // 2
-    job = api.submit(spec)
-    reg.redis.hset(
-        reg.keys.faults(job.id),
-        mapping={"oom_at_step": 7, "attempts": "1", "oom_budget_bytes": budget},
-    )
+    job = submit_with_faults(api, reg, spec, oom_at_step=7, attempts="1", oom_budget_bytes=budget)
     done = api.wait(job.id, timeout=120)
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert done.micro_batch_size == 16 and done.spec.batch_size == 64 and done.attempts == 2
@@ -272,8 +280,8 @@ def test_injected_oom_picks_the_micro_batch_the_planner_predicts_fits(
 def test_a_job_that_always_crashes_fails_after_the_budget(
     chaos: Stack, api: Client, reg: JobRegistry
 ) -> None:
-    job = api.submit({"task": "classifier", "max_steps": 50, "log_every": 1})
-    reg.redis.hset(reg.keys.faults(job.id), mapping={"exit_at_step": 3})
+    spec = {"task": "classifier", "max_steps": 50, "log_every": 1}
+    job = submit_with_faults(api, reg, spec, exit_at_step=3)
     done = api.wait(job.id, timeout=180)
     assert done.status is JobStatus.FAILED
     assert done.attempts == 3 and done.error and "gave up after 3 attempts" in done.error
@@ -311,8 +319,7 @@ def test_a_resume_rewinds_the_stream_and_readers_get_each_step_once(
         "log_every": 1,
         "sample_every": 5,
     }
-    job = api.submit(spec)
-    reg.redis.hset(reg.keys.faults(job.id), mapping={"exit_at_step": 15, "attempts": "1"})
+    job = submit_with_faults(api, reg, spec, exit_at_step=15, attempts="1")
     live: list[JobEvent] = []
 
     def follow() -> None:

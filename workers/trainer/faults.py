@@ -2,7 +2,8 @@
 a given step, so the reliability tests can exercise recovery with real processes.
 
 Active only when TRAINYARD_FAULT_INJECTION is on (refused in production). A test writes the
-plan into the job's Redis hash `{prefix}:job:{id}:faults` before the job starts:
+plan into the Redis hash `{prefix}:faults:{job name}` before it submits the job (so no worker
+can start the job before the plan is there), then submits a job of that name:
 `exit_at_step` (os._exit, like kill -9 mid-step), `oom_at_step` (torch.OutOfMemoryError), and
 `attempts` ("1,2" = only on those attempts; absent = every attempt)."""
 
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from shared.jobs import JobRegistry, _text
+from shared.schemas import JobPublic
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,10 @@ class FaultPlan:
             raise error
 
 
-def load_plan(registry: JobRegistry, job_id: str, attempt: int) -> FaultPlan | None:
-    stored: dict[Any, Any] = registry.redis.hgetall(registry.keys.faults(job_id))
+def load_plan(registry: JobRegistry, job: JobPublic, attempt: int) -> FaultPlan | None:
+    if not job.spec.name:
+        return None
+    stored: dict[Any, Any] = registry.redis.hgetall(registry.keys.faults(job.spec.name))
     raw = {_text(k): _text(v) for k, v in stored.items()}
     if not raw:
         return None

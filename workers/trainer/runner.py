@@ -168,7 +168,7 @@ class JobRunner:
         lease, job = got.lease, self.registry.get(job_id)
         log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
         self._status_event(job_id, JobStatus.RUNNING, lease.attempt, fence=lease.fence)
-        faults = load_plan(self.registry, job_id, lease.attempt) if s.FAULT_INJECTION else None
+        faults = load_plan(self.registry, job, lease.attempt) if s.FAULT_INJECTION else None
         self.current = run = JobRun(self, lease, faults)
         run.predicted_peak_bytes = self._predicted(job)
         try:
