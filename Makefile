@@ -56,12 +56,13 @@ bench: install
 	$(PY) -m bench.upload_bombs
 	$(PY) -m bench.checkpoint_io
 	$(PY) -m bench.book_memory
+	$(PY) -m bench.scale
 	-$(PY) -m bench.gpu_speed
 	-$(PY) -m bench.gpu_memory_check
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services workers devstack tests bench deploy
+	$(VENV)/bin/mypy shared services workers devstack tests bench
 
 clean: down
 	rm -rf .trainyard

@@ -7,14 +7,20 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.render import build
-from tests.deploy.helpers import COMPOSE_FILE, DEPLOY, ENV_EXAMPLE, OVERLAYS, read_env_file
+from tests.deploy.helpers import (
+    COMPOSE_FILE,
+    DEPLOY,
+    ENV_EXAMPLE,
+    OVERLAYS,
+    kustomize,
+    read_env_file,
+)
 
 
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    """Each overlay rendered by deploy/render.py."""
-    return {name: build(DEPLOY / "overlays" / name) for name in OVERLAYS}
+    """Each overlay rendered by the real kustomize (`kubectl kustomize`)."""
+    return {name: kustomize(DEPLOY / "overlays" / name) for name in OVERLAYS}
 
 
 @pytest.fixture(scope="session")

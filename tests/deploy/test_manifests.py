@@ -3,42 +3,67 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
+import yaml
 from kubernetes_validate import utils as kv
 
-from deploy.render import build
 from services.api.main import app
 from tests.deploy.helpers import (
     DEPLOY,
+    KEDA_CRDS,
     OVERLAY_IDS,
     OVERLAYS,
     REDIS_FLAGS,
     config_value,
     container,
     containers,
+    egress,
     find,
     image_is_pinned,
+    keda_schemas,
+    kustomize,
     labels_match,
+    overlay_with,
+    pod_env,
     pod_spec,
+    secret_examples,
+    workloads,
 )
 
 Objects = list[dict[str, Any]]
 KEDA = "keda.sh/v1alpha1"
 K8S_VERSION = kv.latest_version()
+# The KEDA release the manifests are written for; its CRDs are vendored in deploy/vendor/keda.
+KEDA_RELEASE = "v2.20.2"
+# The pods that talk to Redis, with the password from the Secret trainyard-redis.
+REDIS_CLIENTS = ("api", "worker", "planner")
 
 
 def schema_errors(objects: Objects) -> list[str]:
+    """Kubernetes objects against the Kubernetes schemas, KEDA's against its CRDs (strict)."""
     errors = []
     for obj in objects:
-        if obj["apiVersion"] == KEDA:
-            continue  # no schema bundled: test_scaled_object checks it
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"].startswith("keda.sh/"):
+            schema = keda_schemas().get((obj["apiVersion"], obj["kind"]))
+            if schema is None:
+                errors.append(f"{where}: no vendored KEDA schema for {obj['apiVersion']}")
+                continue
+            validator = jsonschema.Draft7Validator(schema)
+            for error in validator.iter_errors(obj):
+                path = ".".join(str(p) for p in error.absolute_path)
+                errors.append(f"{where}: {path}: {error.message}")
+            continue
         try:
             kv.validate(obj, K8S_VERSION, strict=True)
         except kv.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {path}: {exc.message}")
+            errors.append(f"{where}: {path}: {exc.message}")
     return errors
 
 
@@ -52,8 +77,14 @@ def test_objects_match_the_kubernetes_schemas(rendered: dict[str, Objects], over
     assert schema_errors(rendered[overlay]) == []
 
 
+def test_keda_schemas_are_vendored_with_their_licence() -> None:
+    assert set(keda_schemas()) == {(KEDA, "ScaledObject"), (KEDA, "TriggerAuthentication")}
+    assert "Apache License" in (KEDA_CRDS / "LICENSE").read_text()
+    assert KEDA_RELEASE in (KEDA_CRDS / "README.md").read_text()
+
+
 def test_optional_ingress_matches_the_schemas(rendered: dict[str, Objects]) -> None:
-    objects = build(DEPLOY / "extras" / "ingress")
+    objects = kustomize(DEPLOY / "extras" / "ingress")
     assert {o["kind"] for o in objects} == {"Ingress", "NetworkPolicy"}
     assert schema_errors(objects) == []
     services = {o["metadata"]["name"]: o for o in rendered["gpu"] if o["kind"] == "Service"}
@@ -66,9 +97,22 @@ def test_optional_ingress_matches_the_schemas(rendered: dict[str, Objects]) -> N
 
 
 def test_strict_validation_catches_mistakes(rendered: dict[str, Objects]) -> None:
-    worker = json.loads(json.dumps(find(rendered["gpu"], "Deployment", "worker")))
+    def copy(kind: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(json.dumps(find(rendered["gpu"], kind, name)))
+        return obj
+
+    worker = copy("Deployment", "worker")
     worker["spec"]["template"]["spec"]["terminationGracePeriod"] = 180
     assert schema_errors([worker])
+    # KEDA objects: a misspelt field, a number where KEDA wants a string, a missing key.
+    typo = copy("ScaledObject", "worker")
+    typo["spec"]["maxReplicas"] = 4
+    number = copy("ScaledObject", "worker")
+    number["spec"]["triggers"][0]["metadata"]["listLength"] = 1
+    auth = copy("TriggerAuthentication", "trainyard-redis")
+    del auth["spec"]["secretTargetRef"][0]["key"]
+    for bad in (typo, number, auth):
+        assert len(schema_errors([bad])) == 1, bad
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
@@ -80,6 +124,11 @@ def test_namespace_and_names(rendered: dict[str, Objects], overlay: str) -> None
     for obj in objects[1:]:
         assert obj["metadata"]["namespace"] == namespace, obj["metadata"]["name"]
     assert not [o for o in objects if o["kind"] == "Secret"], "Secrets are created by users"
+
+
+def test_kustomize_renders_every_overlay() -> None:
+    assert set(OVERLAYS) == {"cpu", "gpu"}
+    assert not (DEPLOY / "render.py").exists(), "the real kustomize renders the overlays"
 
 
 def test_gpu_only_in_the_gpu_overlay(rendered: dict[str, Objects]) -> None:
@@ -198,8 +247,18 @@ def test_scaled_object(rendered: dict[str, Objects], overlay: str) -> None:
     # The default queue, and class queues named TRAINYARD_QUEUE.<class>.
     assert lists[0] == queue == "trainyard"
     assert all(name.startswith(f"{queue}.") for name in lists[1:])
-    redis_url = config_value(objects, "TRAINYARD_REDIS_URL")
-    assert redis_url == f"redis://redis:{port}/{spec['triggers'][0]['metadata']['databaseIndex']}"
+    # The workers' Redis is the one KEDA watches, with the password KEDA logs in with.
+    env = pod_env(objects, container(worker, "worker"), secret_examples())
+    url = urlsplit(env["TRAINYARD_REDIS_URL"])
+    assert (url.hostname, url.port) == ("redis", port)
+    assert url.path == f"/{spec['triggers'][0]['metadata']['databaseIndex']}"
+    auth = find(objects, "TriggerAuthentication", "trainyard-redis")
+    assert auth["spec"] == {
+        "secretTargetRef": [{"parameter": "password", "name": "trainyard-redis", "key": "password"}]
+    }
+    assert url.password == secret_examples()["trainyard-redis"]["password"]
+    for trigger in spec["triggers"]:
+        assert trigger["authenticationRef"] == {"name": "trainyard-redis"}
     # KEDA builds an autoscaling/v2 HPA from `advanced`: validate that part against it.
     hpa = {
         "apiVersion": "autoscaling/v2",
@@ -227,7 +286,7 @@ def test_images_are_pinned(rendered: dict[str, Objects], overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
 def test_no_plaintext_secrets(rendered: dict[str, Objects], overlay: str) -> None:
-    sensitive = ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")
+    sensitive = ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN", "AUTH")
     for obj in rendered[overlay]:
         if obj["kind"] == "ConfigMap":
             # A file *path* is not a secret: the tokens file itself comes from a Secret.
@@ -240,7 +299,7 @@ def test_no_plaintext_secrets(rendered: dict[str, Objects], overlay: str) -> Non
             for env in ctr.get("env", []):
                 if any(s in env["name"].upper() for s in sensitive):
                     assert "value" not in env, f"{env['name']} given as a literal"
-                    assert env["valueFrom"]["secretKeyRef"]["name"] == "trainyard-s3"
+                    assert env["valueFrom"]["secretKeyRef"]["name"] in secret_examples()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
@@ -268,8 +327,10 @@ def test_pod_security(rendered: dict[str, Objects], overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
 def test_references_resolve(rendered: dict[str, Objects], overlay: str) -> None:
-    """Selectors select their pods; ConfigMap references exist; Secrets are trainyard-s3."""
+    """Selectors select their pods; ConfigMap references exist; every Secret and key referenced
+    (env, volumes, KEDA) is one that base/secret.example.yaml tells users to create."""
     objects = rendered[overlay]
+    secrets = secret_examples()
     pods = {
         f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]["metadata"]["labels"]
         for o in objects
@@ -298,8 +359,17 @@ def test_references_resolve(rendered: dict[str, Objects], overlay: str) -> None:
                     cm = find(objects, "ConfigMap", ref["configMapKeyRef"]["name"])
                     assert ref["configMapKeyRef"]["key"] in cm["data"]
                 if "secretKeyRef" in ref:
-                    assert ref["secretKeyRef"]["name"] == "trainyard-s3"
-                    assert ref["secretKeyRef"]["key"] in ("access-key", "secret-key")
+                    name, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
+                    assert key in secrets[name], (name, key)
+        for volume in (pod_spec(obj) or {}).get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets
+        if obj["kind"] == "TriggerAuthentication":
+            for ref in spec["secretTargetRef"]:
+                assert ref["key"] in secrets[ref["name"]], ref
+        if obj["kind"] == "ScaledObject":
+            for trigger in spec["triggers"]:
+                find(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
@@ -364,3 +434,110 @@ def test_disruption_budgets(rendered: dict[str, Objects], overlay: str) -> None:
         "maxUnavailable": 1,
         "selector": find(objects, "Deployment", "worker")["spec"]["selector"],
     }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_redis_requires_its_password(rendered: dict[str, Objects], overlay: str) -> None:
+    """Redis starts with `requirepass` from the Secret (not in its arguments); every client
+    pod builds TRAINYARD_REDIS_URL with that password. tests/deploy/test_redis_auth.py runs
+    the same command against a real redis-server."""
+    objects = rendered[overlay]
+    secrets = secret_examples()
+    password = secrets["trainyard-redis"]["password"]
+    redis = container(find(objects, "StatefulSet", "redis"), "redis")
+    env = pod_env(objects, redis, secrets)
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == password
+    argv = [*redis["command"], *redis["args"]]
+    assert "requirepass" in argv[2] and "--requirepass" not in argv
+    assert "-a" not in " ".join(redis["readinessProbe"]["exec"]["command"]).split()
+    assert "TRAINYARD_REDIS_URL" not in find(objects, "ConfigMap", "trainyard-config")["data"]
+    for name in REDIS_CLIENTS:
+        ctr = container(find(objects, "Deployment", name), name)
+        variables = pod_env(objects, ctr, secrets)
+        url = variables["TRAINYARD_REDIS_URL"]
+        assert urlsplit(url).password == password, name
+
+
+# What each pod may connect to: (peer, protocol/port). Nothing else, and nothing at all for
+# Redis and MinIO, which only answer.
+DNS = {("ns:kube-system/k8s-app=kube-dns", "UDP/53"), ("ns:kube-system/k8s-app=kube-dns", "TCP/53")}
+REDIS = ("pod:redis", "TCP/6379")
+MINIO = ("pod:minio", "TCP/9000")
+EGRESS = {
+    "api": {*DNS, REDIS, MINIO},
+    "worker": {*DNS, REDIS, MINIO},
+    "planner": {*DNS, REDIS},
+    "minio-init": {*DNS, MINIO},
+    "redis": set(),
+    "minio": set(),
+}
+INTERNET = {
+    (
+        "ip:0.0.0.0/0-10.0.0.0/8-172.16.0.0/12-192.168.0.0/16-100.64.0.0/10-169.254.0.0/16-127.0.0.0/8",
+        port,
+    )
+    for port in ("TCP/443", "TCP/80")
+} | {("ip:::/0-fc00::/7-fe80::/10-::1/128", port) for port in ("TCP/443", "TCP/80")}
+
+
+def ingress_allows(objects: Objects, source: str, target: str, port: str) -> bool:
+    """Whether the target's ingress policies let the source workload's pods in on port."""
+    pods = workloads(objects)
+    protocol, number = port.split("/")
+    for obj in objects:
+        spec = obj["spec"] if obj["kind"] == "NetworkPolicy" else None
+        if spec is None or not labels_match(spec["podSelector"], pods[target]):
+            continue
+        for rule in spec.get("ingress", []):
+            ports = {f"{p['protocol']}/{p['port']}" for p in rule.get("ports", [])}
+            peers = rule.get("from") or [{}]
+            if ports and f"{protocol}/{number}" not in ports:
+                continue
+            for peer in peers:
+                if not peer or (
+                    "namespaceSelector" not in peer
+                    and labels_match(peer["podSelector"], pods[source])
+                ):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_egress_is_only_what_each_pod_needs(rendered: dict[str, Objects], overlay: str) -> None:
+    objects = rendered[overlay]
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-egress"] == {"podSelector": {}, "policyTypes": ["Egress"]}
+    assert {name: egress(objects, name) for name in workloads(objects)} == EGRESS
+    # Every connection allowed out is also let in at the other end, on a port it listens on.
+    for source, allowed in EGRESS.items():
+        for peer, port in allowed:
+            if peer.startswith("pod:"):
+                target = peer.removeprefix("pod:")
+                assert ingress_allows(objects, source, target, port), (source, target, port)
+                listening = {
+                    f"{p.get('protocol', 'TCP')}/{p['containerPort']}"
+                    for c in containers(find(objects, "StatefulSet", target))
+                    for p in c.get("ports", [])
+                }
+                assert port in listening, (target, port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_dataset_downloads_are_opt_in(
+    rendered: dict[str, Objects], overlay: str, tmp_path: Path
+) -> None:
+    """deploy/components/dataset-downloads adds public HTTPS/HTTP for the workers, nothing
+    else; without it (the overlays as shipped) no pod reaches the internet."""
+    objects = overlay_with(tmp_path, overlay, "dataset-downloads")
+    assert schema_errors(objects) == []
+    assert len(objects) == len(rendered[overlay]) + 1
+    policy = find(objects, "NetworkPolicy", "worker-dataset-downloads")
+    assert policy["metadata"]["namespace"] == rendered[overlay][0]["metadata"]["name"]
+    assert egress(objects, "worker") == EGRESS["worker"] | INTERNET
+    for name in workloads(objects):
+        if name != "worker":
+            assert egress(objects, name) == EGRESS[name], name
+    # The shipped overlays mention the component but leave it off.
+    text = (DEPLOY / "overlays" / overlay / "kustomization.yaml").read_text()
+    assert "#   - ../../components/dataset-downloads" in text
+    assert "components" not in yaml.safe_load(text)
