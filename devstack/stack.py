@@ -30,6 +30,7 @@ from shared.auth import new_token
 from shared.config import Settings
 from shared.planning import plan_queue
 from shared.storage import S3ArtifactStore
+from workers.trainer.cpu import cpu_quota
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -207,6 +208,9 @@ class StackConfig:
     workers: int = 1
     overrides: dict[str, str] = field(default_factory=dict)  # extra TRAINYARD_* settings
     worker_overrides: list[dict[str, str]] = field(default_factory=list)  # per worker
+    # False: workers start without `-n` and name themselves (worker@<host>-<random>), as
+    # replicas that share a hostname do.
+    named_workers: bool = True
 
     @classmethod
     def fresh(
@@ -347,7 +351,11 @@ class Stack:
         )
 
         def celery_worker(
-            name: str, queue: str, extra_env: dict[str, str], concurrency: int = 1
+            name: str,
+            queue: str,
+            extra_env: dict[str, str],
+            concurrency: int = 1,
+            named: bool = True,
         ) -> Process:
             argv = [
                 str(VENV_BIN / "python"),
@@ -362,8 +370,7 @@ class Stack:
                 str(concurrency),
                 "--loglevel",
                 "INFO",
-                "-n",
-                f"{name}-{c.api_port}@%h",
+                *(["-n", f"{name}-{c.api_port}@%h"] if named else []),
                 "--without-mingle",
                 "--without-gossip",
             ]
@@ -371,9 +378,17 @@ class Stack:
             return Process(name, argv, root, {**env, **heartbeat, **extra_env})
 
         queue = c.settings().QUEUE
+        # The workers share this machine's cores (each sizes its torch threads to its share,
+        # workers/trainer/cpu.py), unless the stack's overrides set TRAINYARD_WORKER_CPUS.
+        share = {}
+        if c.workers and "TRAINYARD_WORKER_CPUS" not in c.overrides:
+            share = {"TRAINYARD_WORKER_CPUS": f"{cpu_quota() / c.workers:g}"}
         self.workers = [
             celery_worker(
-                f"worker-{i}", queue, c.worker_overrides[i] if i < len(c.worker_overrides) else {}
+                f"worker-{i}",
+                queue,
+                {**share, **(c.worker_overrides[i] if i < len(c.worker_overrides) else {})},
+                named=c.named_workers,
             )
             for i in range(c.workers)
         ]

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # Test-only: lets tests inject crashes and OOMs into a job (never enable in production).
     FAULT_INJECTION: bool = False
 
+    # Worker CPU sizing (workers/trainer/cpu.py): cores this worker may use, shared by its
+    # Celery pool processes; unset: the cgroup CPU limit, else the CPUs it may run on.
+    WORKER_CPUS: float | None = Field(
+        None, gt=0, description="Cores a worker (or planner) may use; unset: detected"
+    )
+
     # Worker-side: where data sets are cached on local disk.
     DATA_DIR: str = ".trainyard/data"
 

@@ -304,6 +304,14 @@ class WorkerPublic(BaseModel):
     gpu_name: str | None = None
     gpu_total_bytes: int | None = None
     gpu_free_bytes: int | None = None
+    # CPU sizing (workers/trainer/cpu.py): what the worker's pool processes actually run
+    # with. None until a pool process has reported.
+    cpu_quota: float | None = Field(None, description="Cores the worker may use")
+    concurrency: int | None = Field(None, description="Celery pool processes")
+    torch_threads: int | None = Field(None, description="torch intra-op threads per process")
+    interop_threads: int | None = Field(None, description="torch inter-op threads per process")
+    loader_threads: int | None = Field(None, description="Data loading threads per process")
+    writer_threads: int | None = Field(None, description="Checkpoint/artifact writer threads")
 
 
 class JobsPublic(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from statistics import median
 from typing import Any
 
@@ -47,6 +48,30 @@ class WorkerRegistry:
 
     def forget(self, name: str) -> None:
         self.redis.hdel(self.keys.workers(), name)
+        self.redis.delete(self._threads_key(name))
+
+    # Each pool process of a worker reports the thread counts it actually set (see
+    # workers/trainer/cpu.py); the worker's heartbeat carries them.
+
+    def _threads_key(self, name: str) -> str:
+        return f"{self.keys.prefix}:worker:{name}:threads"
+
+    def clear_threads(self, name: str) -> None:
+        """Called as a worker starts, before its pool processes report."""
+        self.redis.delete(self._threads_key(name))
+
+    def report_threads(self, name: str, pid: int, threads: Mapping[str, object]) -> None:
+        """What pool process `pid` of worker `name` runs with (cpu.ThreadPlan fields)."""
+        self.redis.hset(self._threads_key(name), str(pid), json.dumps(threads))
+
+    def threads(self, name: str) -> dict[str, object]:
+        """The thread counts the worker's pool processes reported (the lowest pid's); {}
+        before any has."""
+        reports = self.redis.hgetall(self._threads_key(name))
+        if not reports:
+            return {}
+        first = min(reports, key=lambda pid: int(pid))
+        return dict(json.loads(reports[first]))
 
     def online(self) -> list[WorkerPublic]:
         """Workers seen within ONLINE_WITHIN_S, with the job each is busy with (2 round trips)."""

@@ -12,6 +12,7 @@ from services.api.deps import Services
 from services.api.limits import JSON, MULTIPART, BodyRule, RequestGuard
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.routes import datasets, health, jobs, ui
+from services.api.routes import workers as worker_routes
 from shared.auth import TokenTable
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_async_redis, connect_redis, get_settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(worker_routes.router)
     ui.mount(app)  # the dashboard at "/", after the API routes; not in the OpenAPI schema
     errors.install(app)
     openapi.install(app)  # optional parameters documented as non-null

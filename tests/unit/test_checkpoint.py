@@ -72,12 +72,13 @@ def test_a_checkpoint_is_the_state_when_it_was_taken_not_when_it_was_written(
     weights in place meanwhile, and the checkpoint must not see those changes."""
     import threading
 
-    from workers.trainer.run import Run
+    from workers.trainer.run import LocalRun
 
     weights = torch.zeros(1000)
     state = {"model": {"w": weights}, "opt": {"state": {0: {"m": weights * 0}}, "groups": [1]}}
-    with Run.local(tmp_path, "j") as run:
+    with LocalRun("j", LocalArtifactStore(tmp_path), writer_threads=2) as run:
         busy = threading.Event()
+        assert run.serializer is not None
         run.serializer.submit(busy.wait)  # the serialiser is still on an earlier checkpoint
         run.checkpoint(1, 0, state)
         weights.add_(1.0)  # the next optimiser step, before this checkpoint is serialised
@@ -87,6 +88,21 @@ def test_a_checkpoint_is_the_state_when_it_was_taken_not_when_it_was_written(
     assert found is not None
     assert torch.equal(found[1]["model"]["w"], torch.zeros(1000))
     assert found[1]["opt"]["groups"] == [1]
+
+
+def test_one_writer_thread_serialises_on_the_uploader(tmp_path: Path) -> None:
+    """A worker with a one-core share (cpu.py) runs one writer thread: no serialiser thread,
+    and checkpoints still commit in order."""
+    from workers.trainer.run import LocalRun
+
+    with LocalRun("j", LocalArtifactStore(tmp_path), writer_threads=1) as run:
+        assert run.serializer is None  # the uploader alone writes
+        for step in (1, 2, 3):
+            run.checkpoint(step, 0, {"w": torch.full((10,), float(step))})
+        run.drain()
+    found = checkpoint.load_latest(LocalArtifactStore(tmp_path), JobKeys("j"))
+    assert found is not None and found[0].step == 3
+    assert torch.equal(found[1]["w"], torch.full((10,), 3.0))
 
 
 def test_snapshot_copies_tensors_and_keeps_structure() -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 from celery import bootsteps
 from celery.signals import (
     celeryd_after_setup,
+    celeryd_init,
     setup_logging,
+    worker_process_init,
     worker_ready,
     worker_shutting_down,
 )
+from celery.utils.nodenames import default_nodename
 
 from shared.config import connect_redis, get_settings
 from shared.jobs import RedisKeys
@@ -21,6 +26,8 @@ from shared.logs import setup_json_logging
 from shared.planning import parse_classes, queue_for
 from shared.queue import make_celery
 from shared.workers import WorkerRegistry
+from workers.trainer import cpu
+from workers.trainer.identity import node_name
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -61,6 +68,66 @@ def memory_class(gpu_total: int | None) -> str:
     gpu_classes = [c for c in parse_classes(settings.MEMORY_CLASSES) if c.gpu]
     fitting = [c for c in gpu_classes if gpu_total and c.bytes <= gpu_total]
     return fitting[-1].name if fitting else "cpu"
+
+
+def _named_explicitly(hostname: str) -> bool:
+    """Whether the worker was given `-n`: Celery's command line fills in `celery@<host>`."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and "hostname" in ctx.params:
+        return ctx.get_parameter_source("hostname") != click.core.ParameterSource.DEFAULT
+    return hostname != default_nodename(None)
+
+
+@celeryd_init.connect
+def _unique_name(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Without `-n`, name this replica `worker@<host>-<container id or random>` (identity.py):
+    replicas sharing a hostname (host networking, --scale) must not share a Celery node name
+    or trainyard's heartbeat, busy and draining keys. Runs before Celery uses the name."""
+    if not _named_explicitly(str(sender)):
+        role = "worker" if settings.WORKER_ROLE == "trainer" else settings.WORKER_ROLE
+        instance.hostname = node_name(role)
+
+
+# This worker's thread sizing, decided in the parent before its pool processes fork.
+threads: cpu.ThreadPlan | None = None
+
+
+def _registry() -> WorkerRegistry:
+    return WorkerRegistry(connect_redis(settings), settings.KEY_PREFIX)
+
+
+@celeryd_after_setup.connect
+def _size_threads(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Share the CPU quota among the pool's processes (cpu.py). The parent only exports the
+    thread environment; each prefork child sizes torch itself (_pool_process_threads), since
+    torch's inter-op count can be set once per process. Other pools run tasks in here."""
+    global threads
+    concurrency = int(instance.concurrency or 1)
+    threads = cpu.plan(cpu.cpu_quota(settings.WORKER_CPUS), concurrency)
+    cpu.export_env(threads)
+    if settings.WORKER_ROLE == "trainer":
+        _registry().clear_threads(str(sender))
+    log.info("worker %s: threads %s", sender, threads)
+    pool = getattr(instance.pool_cls, "__module__", str(instance.pool_cls))
+    if "prefork" not in pool:
+        _report(str(sender), cpu.apply(threads))
+
+
+@worker_process_init.connect
+def _pool_process_threads(sender: Any = None, **_: Any) -> None:
+    """In each prefork child, before any task: size torch, then report what it runs with."""
+    if threads is not None:
+        _report(str(sender), cpu.apply(threads))
+
+
+def _report(worker: str, applied: cpu.ThreadPlan) -> None:
+    """Trainers publish it for their heartbeat; planners are not listed as workers."""
+    if settings.WORKER_ROLE != "trainer":
+        return
+    try:
+        _registry().report_threads(worker, os.getpid(), applied.as_dict())
+    except Exception:
+        log.exception("worker %s: thread report failed", worker)
 
 
 @celeryd_after_setup.connect
@@ -131,6 +198,7 @@ class HeartbeatFile(bootsteps.StartStopStep):
                         "gpu_name": gpu_name,
                         "gpu_total_bytes": total,
                         "gpu_free_bytes": free,
+                        **self.registry.threads(self.name),
                     },
                 )
         except Exception:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from shared.schemas import CheckpointRef, EventKind, JobEvent
 from shared.storage import ArtifactStore, JobKeys, LocalArtifactStore
-from workers.trainer import checkpoint
+from workers.trainer import checkpoint, cpu
 
 EventSink = Callable[[list[JobEvent]], None]
 StopReason = Literal["cancel", "shutdown", "lease_lost"]
@@ -91,6 +91,7 @@ class Run:
         store: ArtifactStore,
         sink: EventSink,
         data_dir: str | Path = ".trainyard/data",
+        writer_threads: int | None = None,
     ) -> None:
         self.job_id = job_id
         self.store = store
@@ -111,8 +112,15 @@ class Run:
         self._last_sample_step = -1
         self.uploader = Uploader()
         # Checkpoints are serialised (torch.save, sha256) on a thread of their own, so one
-        # serialises while the one before it uploads.
-        self.serializer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-serializer")
+        # serialises while the one before it uploads, when this process has the cores for two
+        # writer threads (cpu.py; `writer_threads` overrides); with one, the uploader
+        # serialises before it writes.
+        writers = writer_threads or cpu.current().writer_threads
+        self.serializer = (
+            ThreadPoolExecutor(1, thread_name_prefix="checkpoint-serializer")
+            if writers > 1
+            else None
+        )
 
     @classmethod
     def local(cls, root: str | Path = "runs", job_id: str | None = None) -> LocalRun:
@@ -159,7 +167,8 @@ class Run:
 
     def close(self) -> None:
         self.uploader.close()
-        self.serializer.shutdown(wait=False)
+        if self.serializer is not None:
+            self.serializer.shutdown(wait=False)
 
     def __enter__(self) -> Run:
         return self
@@ -192,10 +201,13 @@ class Run:
         # the commit leaves no gap, since its successor resumes from this step.
         self.flush()
         # The snapshot is taken here (tensor copies); serialising and writing go behind.
-        serialized = self.serializer.submit(checkpoint.serialize, checkpoint.snapshot(state))
+        snapshot = checkpoint.snapshot(state)
+        serialized = (
+            self.serializer.submit(checkpoint.serialize, snapshot) if self.serializer else None
+        )
 
         def commit() -> None:
-            data, sha256 = serialized.result()
+            data, sha256 = serialized.result() if serialized else checkpoint.serialize(snapshot)
             self.before_commit(step)
             manifest = checkpoint.save_bytes(self.store, self.keys, step, epoch, data, sha256)
             self.after_commit(step)
@@ -249,6 +261,8 @@ class Run:
 
 
 class LocalRun(Run):
-    def __init__(self, job_id: str, store: ArtifactStore) -> None:
+    def __init__(
+        self, job_id: str, store: ArtifactStore, writer_threads: int | None = None
+    ) -> None:
         self.events: list[JobEvent] = []
-        super().__init__(job_id, store, self.events.extend)
+        super().__init__(job_id, store, self.events.extend, writer_threads=writer_threads)
