@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 demo: install up
 	$(PY) -m devstack.demo
 
-test: install
+test: install container-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -42,6 +42,23 @@ system-deps:
 	  echo "installing redis-server (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+# The container test (tests/containers) builds the images and runs docker-compose.yml with
+# podman (runc runtime) and an offline Debian base built by mmdebstrap.
+.PHONY: container-deps images clean-images
+container-deps:
+	@{ command -v podman && command -v runc && command -v mmdebstrap; } >/dev/null || { \
+	  echo "installing podman, runc, mmdebstrap (Debian packages)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq podman runc mmdebstrap >/dev/null; \
+	  else sudo apt-get install -y -qq podman runc mmdebstrap >/dev/null; fi; }
+
+# Build the base, the CI stand-ins and both images with podman, offline (devstack/containers.py).
+images: install container-deps
+	$(PY) -m devstack.containers images
+
+# Remove those images, the build leftovers and the wheelhouses.
+clean-images:
+	$(PY) -m devstack.containers clean
 
 # Benchmarks: each compares against a baseline in the same run and prints the ratio.
 bench: install

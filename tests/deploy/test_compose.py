@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from typing import Any
 
 import pytest
@@ -31,19 +32,29 @@ def test_every_required_variable_is_in_env_example(
 ) -> None:
     text = str(compose_raw)
     required = set(re.findall(r"\$\{([A-Z0-9_]+):?\?", text))
-    assert required >= {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    assert required >= {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "REDIS_PASSWORD"}
     assert required <= set(env_example)
     with pytest.raises(KeyError, match="is required"):
         interpolate(compose_raw, {})
 
 
 def test_secrets_come_from_env_only(compose_raw: Compose, env_example: dict[str, str]) -> None:
+    required = r"\$\{%s:\?[^}]+\}"
     for name, service in compose_raw["services"].items():
         env = compose_env(service)
         for key in ("TRAINYARD_S3_SECRET_KEY", "MINIO_ROOT_PASSWORD"):
             if key in env:
-                assert re.fullmatch(r"\$\{MINIO_ROOT_PASSWORD:\?[^}]+\}", env[key]), (name, key)
-    assert "change-me" in env_example["MINIO_ROOT_PASSWORD"], "ship a placeholder, not a secret"
+                assert re.fullmatch(required % "MINIO_ROOT_PASSWORD", env[key]), (name, key)
+        for key in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+            if key in env:
+                assert re.fullmatch(required % "REDIS_PASSWORD", env[key]), (name, key)
+        # Every Redis URL logs in with the password from .env.
+        for key in ("TRAINYARD_REDIS_URL", "CELERY_BROKER_URL"):
+            if key in env:
+                pattern = rf"redis://:{required % 'REDIS_PASSWORD'}@redis:6379/0"
+                assert re.fullmatch(pattern, env[key]), (name, key)
+    for key in ("MINIO_ROOT_PASSWORD", "REDIS_PASSWORD"):
+        assert "change-me" in env_example[key], "ship a placeholder, not a secret"
 
 
 def test_images_pinned_and_no_fixed_names(services: dict[str, Any]) -> None:
@@ -97,9 +108,71 @@ def test_worker_scales_and_shuts_down_gracefully(services: dict[str, Any], name:
     command = worker["command"]
     assert command[command.index("--concurrency") + 1] == "1"
     assert command[command.index("-Q") + 1] == env["TRAINYARD_QUEUE"]
-    assert command[command.index("-n") + 1] == "worker@%h"
+    # No fixed `-n`: each replica derives its own unique Celery name at start-up.
+    assert "-n" not in command
     health = " ".join(worker["healthcheck"]["test"])
     assert "TRAINYARD_WORKER_HEARTBEAT_FILE" in health and "inspect" not in health
     assert env["TRAINYARD_WORKER_HEARTBEAT_FILE"].startswith("/tmp/")
     assert "/tmp" in worker["tmpfs"]
-    assert [v["target"] for v in worker["volumes"]] == [env["TRAINYARD_DATA_DIR"]]
+    assert worker["volumes"] == [env["TRAINYARD_DATA_DIR"]]  # anonymous: one per replica
+
+
+# Every service's hardening: which user it runs as, and why.
+NON_ROOT_USER = {"redis": "999:1000", "minio-init": "1000:1000", "flower": "1000:1000"}
+# The image creates /data root-owned, so a new named volume is writable by root only: MinIO
+# runs as the container's root, without any capability (docker-compose.yml says so).
+ROOT_WITHOUT_CAPABILITIES = {"minio"}
+
+
+def test_every_service_is_locked_down(services: dict[str, Any]) -> None:
+    built = {name for name, service in services.items() if "build" in service}
+    assert built == {"api", "planner", *COMPOSE_WORKERS}  # USER 10001 (test_dockerfile_rules)
+    assert set(services) == built | set(NON_ROOT_USER) | ROOT_WITHOUT_CAPABILITIES
+    for name, service in services.items():
+        assert service["cap_drop"] == ["ALL"], name
+        assert "cap_add" not in service and "privileged" not in service, name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["read_only"] is True, name
+        assert service.get("user") == NON_ROOT_USER.get(name), name
+    for name in ("minio", "minio-init", "flower"):
+        assert "/tmp" in services[name]["tmpfs"], name
+    # What MinIO and mc write outside /data goes to the tmpfs: HOME (mc's config), certs.
+    assert compose_env(services["minio"])["HOME"] == "/tmp"
+    assert compose_env(services["minio-init"])["HOME"] == "/tmp"
+    command = services["minio"]["command"]
+    assert command[command.index("--certs-dir") + 1].startswith("/tmp/")
+
+
+def test_no_password_on_a_command_line(services: dict[str, Any]) -> None:
+    """Passwords reach processes through the environment or stdin, never argv (`ps`)."""
+    redis = services["redis"]
+    argv = " ".join([*redis["command"], *redis["healthcheck"]["test"]])
+    assert "--requirepass" not in argv and " -a " not in argv
+    assert "REDIS_PASSWORD" in redis["command"][2], "requirepass comes in on stdin"
+    for name, service in services.items():
+        text = str(service.get("command", "")) + str(service.get("entrypoint", ""))
+        assert "change-me" not in text and "--broker" not in text, name
+
+
+def test_flower_never_runs_without_a_login(services: dict[str, Any]) -> None:
+    """The flower service's own command, run with sh: it refuses to start without
+    FLOWER_BASIC_AUTH=user:password, and only with one does it go on to start flower."""
+    flower = services["flower"]
+    assert compose_env(flower)["FLOWER_BASIC_AUTH"] == "", "unset in .env.example"
+    assert "--basic-auth" not in str(flower["command"]), "read from the environment"
+    script = flower["command"][flower["command"].index("-c") + 1]
+
+    def start(auth: str | None) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/nonexistent"}  # `celery` cannot be found: the branch is visible
+        if auth is not None:
+            env["FLOWER_BASIC_AUTH"] = auth
+        return subprocess.run(
+            ["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=30
+        )
+
+    for auth in (None, "", "admin", "admin:", ":secret"):
+        refused = start(auth)
+        assert refused.returncode == 1, auth
+        assert "FLOWER_BASIC_AUTH" in refused.stderr, auth
+    started = start("admin:secret")
+    assert started.returncode == 127 and "celery" in started.stderr  # exec celery flower
