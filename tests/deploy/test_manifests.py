@@ -541,3 +541,17 @@ def test_dataset_downloads_are_opt_in(
     text = (DEPLOY / "overlays" / overlay / "kustomization.yaml").read_text()
     assert "#   - ../../components/dataset-downloads" in text
     assert "components" not in yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_workers_size_their_threads_to_their_cpu_limit(
+    rendered: dict[str, Objects], overlay: str
+) -> None:
+    """Trainers and planners get TRAINYARD_WORKER_CPUS from their own container's CPU limit
+    (workers/trainer/cpu.py divides it among the pool processes), and have such a limit."""
+    for name in ("worker", "planner"):
+        ctr = container(find(rendered[overlay], "Deployment", name), name)
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        ref = env["TRAINYARD_WORKER_CPUS"]["valueFrom"]["resourceFieldRef"]
+        assert ref == {"containerName": name, "resource": "limits.cpu", "divisor": "1"}
+        assert "cpu" in ctr["resources"]["limits"], name

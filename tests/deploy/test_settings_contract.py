@@ -29,7 +29,8 @@ KNOWN = {PREFIX + name for name in Settings.model_fields}
 
 
 def k8s_variables(objects: Objects) -> dict[str, str]:
-    """Every TRAINYARD_* a pod can see, with its literal value (secrets: a placeholder)."""
+    """Every TRAINYARD_* a pod can see, with its literal value (secrets: a placeholder; a
+    container resource from the downward API: a number, as Kubernetes gives it)."""
     found: dict[str, str] = {}
     for obj in objects:
         if obj["kind"] == "ConfigMap":
@@ -37,7 +38,9 @@ def k8s_variables(objects: Objects) -> dict[str, str]:
         for ctr in containers(obj):
             for env in ctr.get("env", []):
                 if env["name"].startswith(PREFIX):
-                    found[env["name"]] = str(env.get("value", "from-a-secret-placeholder"))
+                    source = env.get("valueFrom", {})
+                    fallback = "2" if "resourceFieldRef" in source else "from-a-secret-placeholder"
+                    found[env["name"]] = str(env.get("value", fallback))
     return found
 
 
