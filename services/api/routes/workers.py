@@ -6,9 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.api.deps import PrincipalDep, WorkersDep
+from services.api.errors import ERROR_RESPONSES
 from shared.schemas import WorkerPublic
 
-router = APIRouter(prefix="/v1/workers", tags=["workers"])
+router = APIRouter(prefix="/v1/workers", tags=["workers"], responses=ERROR_RESPONSES)
 
 
 @router.get("")
