@@ -176,6 +176,8 @@ def test_container_id_from_hostname_mount(tmp_path: Path) -> None:
     )
     assert container_id(root) == CID
     assert node_name("worker", "host-a", root) == f"worker@host-a-{CID[:12]}"
+    # Docker's and podman's default hostname is the id itself: not written twice.
+    assert node_name("worker", CID[:12], root) == f"worker@{CID[:12]}"
 
 
 def test_container_id_from_cgroup(tmp_path: Path) -> None:

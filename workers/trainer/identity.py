@@ -38,7 +38,10 @@ def container_id(root: Path = Path("/")) -> str | None:
 
 
 def node_name(role: str, hostname: str | None = None, root: Path = Path("/")) -> str:
-    """`role@host-<container id[:12] or random 8 hex>`: unique per replica."""
+    """`role@host-<container id[:12] or random 8 hex>`: unique per replica. A container whose
+    hostname is already its id (Docker's and podman's default) is `role@<id[:12]>`."""
     host = hostname or socket.gethostname()
     suffix = (container_id(root) or "")[:12] or secrets.token_hex(4)
+    if host == suffix:
+        return f"{role}@{host}"
     return f"{role}@{host}-{suffix}"
