@@ -97,6 +97,17 @@ def test_profiles(services: dict[str, Any]) -> None:
     assert "deploy" not in services["worker-cpu"]
 
 
+def test_the_gpu_worker_is_the_tested_cpu_worker_plus_a_gpu(services: dict[str, Any]) -> None:
+    """The container test runs `worker-cpu` (no GPU on CI), so the GPU `worker` may differ
+    from it only in its profile and GPU reservation: a wrong S3 address or command given to
+    the GPU worker alone would pass every other test."""
+    gpu, cpu = (dict(services[n]) for n in ("worker", "worker-cpu"))
+    for service in (gpu, cpu):
+        service.pop("profiles")
+        service.pop("deploy", None)
+    assert gpu == cpu
+
+
 @pytest.mark.parametrize("name", COMPOSE_WORKERS)
 def test_worker_scales_and_shuts_down_gracefully(services: dict[str, Any], name: str) -> None:
     worker = services[name]
