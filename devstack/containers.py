@@ -342,6 +342,12 @@ def remove_images(env: dict[str, str], names: Sequence[str]) -> None:
     run(["podman", "image", "prune", "--force"], env=env, check=False)
     # Intermediate build containers (left by a failed build); podman 4.3 has no `builder`.
     run(["podman", "container", "prune", "--force"], env=env, check=False)
+    # Build containers of an interrupted `podman build` are buildah's ("external"): neither
+    # `container prune` nor `image prune` sees them, and they pin their layers.
+    external = run(["podman", "ps", "-a", "--external", "-q"], env=env, check=False).stdout.split()
+    if external:
+        run(["podman", "rm", "--force", *external], env=env, check=False)
+        run(["podman", "image", "prune", "--force"], env=env, check=False)
 
 
 def build_all(env: dict[str, str]) -> dict[str, float]:

@@ -29,7 +29,7 @@ from shared.jobs import JobRegistry, _text, utcnow
 from shared.planning import Planner
 from shared.queue import broker_job_ids, enqueue_training
 from shared.schemas import JobEvent
-from shared.workers import WorkerRegistry
+from shared.workers import FORGET_AFTER_S, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,15 @@ class Reconciler:
         self, registry: JobRegistry, events: EventStream, celery: Celery, settings: Settings
     ) -> None:
         self.registry, self.events, self.celery, self.settings = registry, events, celery, settings
-        workers = WorkerRegistry(registry.redis, settings.KEY_PREFIX)
-        self.planner = Planner(registry.redis, celery, settings, workers)
+        self.workers = WorkerRegistry(registry.redis, settings.KEY_PREFIX)
+        self.planner = Planner(registry.redis, celery, settings, self.workers)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
 
     def pass_once(self) -> dict[str, list[str]]:
-        """One pass; returns the job ids it reclaimed, re-sent and planned."""
-        done: dict[str, list[str]] = {"reclaimed": [], "resent": [], "planned": []}
+        """One pass; returns the job ids it reclaimed, re-sent and planned, and the workers it
+        forgot (not seen for FORGET_AFTER_S)."""
+        done: dict[str, list[str]] = {"reclaimed": [], "resent": [], "planned": [], "forgot": []}
         lock = self.registry.redis.set(
             self.registry.keys.reconciler_lock(),
             "1",
@@ -55,6 +56,7 @@ class Reconciler:
         )
         if not lock:
             return done  # another replica is on it
+        done["forgot"] = self.workers.prune(FORGET_AFTER_S)
         grace = self.settings.RECONCILE_GRACE_S
         redis, keys = self.registry.redis, self.registry.keys
         ids = self.registry.active_ids()

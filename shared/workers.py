@@ -16,6 +16,7 @@ from shared.jobs import JobRegistry, RedisKeys, _text
 from shared.schemas import JobPublic, PendingInfo, WorkerPublic
 
 ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
+FORGET_AFTER_S = 3600.0  # a worker record this old is dropped (WorkerRegistry.prune)
 BEING_PLANNED = (
     "being planned: the memory planner is measuring this model and data shape; the job is "
     "routed to a worker class when it ends, or fails if no class can hold it"
@@ -38,7 +39,23 @@ class WorkerRegistry:
         record = {"name": name, "seen": time.time(), **(info or {})}
         pipe = self.redis.pipeline()
         pipe.hset(self.keys.workers(), name, json.dumps(record))
+        # The thread report lives as long as the heartbeats: a killed worker's expires.
+        pipe.expire(self._threads_key(name), int(3 * ONLINE_WITHIN_S))
         pipe.execute()
+
+    def prune(self, older_than_s: float) -> list[str]:
+        """Drop the records of workers not seen for `older_than_s` seconds (killed without
+        a goodbye: SIGKILL, a lost node; each new replica has a new name, so they would pile
+        up); returns their names. The reconciler calls it on each pass."""
+        now = time.time()
+        stale = [
+            name
+            for name, raw in self.redis.hgetall(self.keys.workers()).items()
+            if now - float(json.loads(raw).get("seen", 0)) > older_than_s
+        ]
+        if stale:
+            self.redis.hdel(self.keys.workers(), *stale)
+        return [_text(name) for name in stale]
 
     def set_busy(self, name: str, job_id: str | None, ttl_s: float) -> None:
         if job_id is None:

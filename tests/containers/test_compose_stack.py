@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -76,6 +77,13 @@ class Stack:
 
     def __init__(self, env: dict[str, str], env_file: Path, token: str) -> None:
         self.env = env
+        # podman-compose lets the process environment win over the env file: a variable the
+        # caller happens to export (COMPOSE_PROFILES, TRAINYARD_API_TOKENS...) must not
+        # change the stack under test.
+        interpolated = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_FILE.read_text()))
+        self.compose_env = {
+            k: v for k, v in env.items() if k not in interpolated and not k.startswith("COMPOSE_")
+        }
         self.env_file = env_file
         self.token = token
         self.api_url = f"http://127.0.0.1:{host_port('api')}"
@@ -85,7 +93,7 @@ class Stack:
         assert compose
         files = ["-f", str(COMPOSE_FILE), "-f", str(CI_OVERRIDE)]
         argv = [compose, "-p", PROJECT, *files, "--env-file", str(self.env_file), *args]
-        return ct.run(argv, env=self.env, timeout=timeout).stdout
+        return ct.run(argv, env=self.compose_env, timeout=timeout).stdout
 
     def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return ct.run(["podman", *args], env=self.env, check=check, timeout=600)
@@ -175,8 +183,9 @@ def images(engine: dict[str, str]) -> Iterator[None]:
             wheels, TIMES[f"wheelhouse_{name}"] = ct.build_wheelhouse(
                 name, ct.requirements(name), version, engine
             )
-            if not (KEEP and ct.image_exists(tag, engine)):
-                TIMES[f"build_{name}"] = ct.build_image(REPO / dockerfile, tag, engine, wheels)
+            # Always built, KEEP or not: with KEEP the layer cache makes an unchanged tree cost
+            # seconds, and a broken Dockerfile still fails (reusing the tag hid it).
+            TIMES[f"build_{name}"] = ct.build_image(REPO / dockerfile, tag, engine, wheels)
             SIZES[name] = ct.image_size_mb(tag, engine)
         yield
     finally:

@@ -7,6 +7,7 @@ process reports after setting torch's threads, through GET /v1/workers."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -20,6 +21,7 @@ import pytest
 from devstack.stack import Stack, StackConfig
 from shared.client import Client
 from shared.schemas import ClassifierSpec
+from shared.workers import FORGET_AFTER_S, ONLINE_WITHIN_S, WorkerRegistry
 from tests.conftest import wait_for
 
 
@@ -75,3 +77,25 @@ def test_same_hostname_distinct_identities_both_take_jobs(twins: Stack) -> None:
         done = [api.wait(job.id, timeout=300, poll=0.2) for job in jobs]
     assert all(d.status.value == "succeeded" for d in done), [d.error for d in done]
     assert {d.worker for d in done} == names
+
+
+def test_a_killed_workers_records_go_away(twins: Stack) -> None:
+    """A worker killed without a goodbye (SIGKILL, a lost node) leaves its heartbeat record
+    and thread report behind; each new replica has a new name, so they would pile up. The
+    thread report expires with the heartbeats, and the reconciler forgets old records."""
+    registry = WorkerRegistry(twins.redis_client())
+    ghost = f"worker@gone-{os.getpid()}"
+    registry.report_threads(ghost, 1, {"torch_threads": 1})
+    registry.heartbeat(ghost, {"memory_class": "cpu", "device": "cpu"})
+    ttl = registry.redis.ttl(registry._threads_key(ghost))
+    assert 0 < ttl <= 3 * ONLINE_WITHIN_S
+    # Its last heartbeat, an hour and more ago: the API's reconciler pass drops it.
+    old = json.loads(registry.redis.hget(registry.keys.workers(), ghost) or "{}")
+    old["seen"] -= FORGET_AFTER_S + 60
+    registry.redis.hset(registry.keys.workers(), ghost, json.dumps(old))
+    wait_for(
+        lambda: registry.redis.hget(registry.keys.workers(), ghost) is None,
+        60,
+        "the reconciler to forget the killed worker",
+    )
+    assert len(reported(twins)) == 2  # the live workers are kept
