@@ -13,6 +13,8 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from services.api.main import app
+from shared.config import Settings
+from shared.planning import GIB, choose_class, parse_classes, queue_for
 from tests.deploy.helpers import (
     DEPLOY,
     KEDA_CRDS,
@@ -274,6 +276,107 @@ def test_scaled_object(rendered: dict[str, Objects], overlay: str) -> None:
     advanced = {"horizontalPodAutoscalerConfig", "restoreToOriginalReplicaCount"}
     assert set(spec["advanced"]) <= advanced
     assert schema_errors([hpa]) == []
+
+
+def routable_queues(settings: Settings) -> set[str]:
+    """Every queue the planner (shared.planning) can send a job to under `settings`: the
+    default one of an unplanned job, and the class choose_class picks for each device at 0
+    bytes and at each class's usable size, with no worker online and with each class online."""
+    classes = parse_classes(settings.MEMORY_CLASSES)
+    queues = {queue_for("cpu", settings.QUEUE)}  # no probe in time: Planner.route_with
+    sizes = [0, *(int(c.bytes * settings.MEMORY_HEADROOM) for c in classes)]
+    onlines: list[set[str]] = [set(), *({c.name} for c in classes)]
+    for device in ("auto", "cpu", "cuda"):
+        for size in sizes:
+            for online in onlines:
+                klass, _ = choose_class(
+                    classes, online, device, size, size, settings.MEMORY_HEADROOM
+                )
+                if klass is not None:
+                    queues.add(queue_for(klass.name, settings.QUEUE))
+    return queues
+
+
+def gpu_memory_floor(pod: dict[str, Any]) -> int:
+    """The least GPU memory (bytes) a node must report for the pod's required node affinity
+    (`nvidia.com/gpu.memory` Gt N, MiB; GPU feature discovery's label); 0 if unconstrained."""
+    required = pod.get("affinity", {}).get("nodeAffinity", {})
+    terms = required.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    floors = []
+    for term in terms.get("nodeSelectorTerms", []):  # terms are ORed: the weakest one counts
+        mib = [
+            int(e["values"][0]) + 1
+            for e in term.get("matchExpressions", [])
+            if e["key"] == "nvidia.com/gpu.memory" and e["operator"] == "Gt"
+        ]
+        floors.append(max(mib, default=0) * 2**20)
+    return min(floors, default=0)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_every_routable_queue_has_a_worker_and_a_trigger(
+    rendered: dict[str, Objects], overlay: str
+) -> None:
+    """With no worker online the planner still routes to the smallest class that fits; a
+    queue nobody consumes, or no KEDA trigger watches, holds its jobs forever at zero."""
+    objects = rendered[overlay]
+    secrets = secret_examples()
+
+    def settings(deployment: str) -> Settings:
+        obj = find(objects, "Deployment", deployment)
+        env = pod_env(objects, container(obj, deployment), secrets)
+        # model_validate: these values only, nothing from this process's environment.
+        prefixed = {k: v for k, v in env.items() if k.startswith("TRAINYARD_")}
+        return Settings.model_validate(
+            {k.removeprefix("TRAINYARD_"): v for k, v in prefixed.items()}
+        )
+
+    # The API routes at submit, the planner when a probe ends (Planner.settle).
+    routable = routable_queues(settings("api")) | routable_queues(settings("planner"))
+    # What each trainer Deployment consumes: its -Q list and its class's queue
+    # (workers/trainer/celery_app.py: the pinned class, else detected: cpu without a GPU;
+    # a GPU's class depends on the card, unknown here, so a GPU worker must pin it).
+    problems = []
+    consumed: dict[str, set[str]] = {}
+    for obj in objects:
+        pod = pod_spec(obj)
+        for ctr in containers(obj):
+            command = ctr.get("command", [])
+            if command[:4] != ["celery", "-A", "workers.trainer.celery_app", "worker"]:
+                continue
+            where = f"Deployment/{obj['metadata']['name']}"
+            env = pod_env(objects, ctr, secrets)
+            queues = set(command[command.index("-Q") + 1].split(","))
+            consumed[obj["metadata"]["name"]] = queues
+            if env.get("TRAINYARD_WORKER_ROLE", "trainer") != "trainer":
+                continue
+            gpus = ctr.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+            klass = env.get("TRAINYARD_WORKER_MEMORY_CLASS") or (None if gpus else "cpu")
+            classes = {c.name: c for c in parse_classes(env["TRAINYARD_MEMORY_CLASSES"])}
+            if klass is None:
+                problems.append(f"{where}: a GPU worker must pin TRAINYARD_WORKER_MEMORY_CLASS")
+            elif klass not in classes:
+                problems.append(f"{where}: class {klass} is not in TRAINYARD_MEMORY_CLASSES")
+            else:
+                floor = gpu_memory_floor(pod) if pod is not None else 0
+                if classes[klass].gpu and floor < classes[klass].bytes:
+                    problems.append(
+                        f"{where}: class {klass} needs {classes[klass].gib:g} GiB GPUs, its "
+                        f"node affinity allows {floor / GIB:g} GiB ones"
+                    )
+                queues.add(queue_for(klass, env["TRAINYARD_QUEUE"]))
+    watched: dict[str, set[str]] = {}
+    for so in (o for o in objects if o["kind"] == "ScaledObject"):
+        lists = {t["metadata"]["listName"] for t in so["spec"]["triggers"]}
+        watched[so["spec"]["scaleTargetRef"]["name"]] = lists
+    for queue in sorted(routable):
+        consumers = sorted(name for name, queues in consumed.items() if queue in queues)
+        if not consumers:
+            problems.append(f"{queue}: no worker Deployment consumes it")
+        elif not any(queue in watched.get(name, set()) for name in consumers):
+            problems.append(f"{queue}: no KEDA trigger of {consumers} watches it")
+    assert not problems, f"{overlay}: jobs could wait forever:\n" + "\n".join(problems)
+    assert len(routable) >= (2 if overlay == "gpu" else 1)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
