@@ -369,3 +369,18 @@ def test_images_run_unprivileged_with_the_compose_hardening(stack: Stack) -> Non
                 assert probe.returncode != 0 and "Read-only" in probe.stderr, probe.stderr
             checked += 1
     assert checked >= 5
+
+
+def test_the_opt_in_compile_flag_works_in_the_worker_image(stack: Stack) -> None:
+    """`compile: true` runs torch.compile, which builds C++ kernels and loads them: the image
+    needs a compiler, and its caches must be on a mount that allows exec (compose's tmpfs
+    /tmp need not). Run in a worker replica, with compose's read-only root and mounts."""
+    (name, *_) = stack.containers(WORKER)
+    code = (
+        "import torch; f = torch.compile(lambda x: (x.sin() + 1).relu() * 2); "
+        "x = torch.randn(64); "
+        "torch.testing.assert_close(f(x), (x.sin() + 1).relu() * 2, rtol=1e-4, atol=1e-5); "
+        "print('ok')"
+    )
+    done = stack.podman("exec", name, "python", "-c", code, check=False)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
