@@ -1,4 +1,5 @@
-"""BOOK.md §3.1.1 on the device at hand: peak tensor memory of one training step of the
+"""The book's GPU memory comparison (Make Your First GAN With PyTorch, ch. 3, §3.1.1;
+docs/book.md) on the device at hand: peak tensor memory of one training step of the
 fully-connected vs the convolutional models, at the book's batch size of 1.
 
     python -m bench.book_memory [--device cpu|cuda]
@@ -30,7 +31,7 @@ class Row:
     name: str
     body: dict[str, object]
     image: tuple[int, int, int]  # the data's own (C, H, W) before the model's transforms
-    book_peak_gb: float | None  # BOOK.md §3.1.1 (Tesla T4)
+    book_peak_gb: float | None  # the book's ch. 3 §3.1.1 (Tesla T4)
 
 
 PAIRS = [

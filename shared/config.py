@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Override of that visibility timeout (tests shorten it to provoke redeliveries).
     VISIBILITY_TIMEOUT_S: int | None = Field(None, ge=1)
 
-    # Reliability (DESIGN.md): a running job holds a lease the worker renews every TTL/3;
+    # Reliability (docs/design.md): a running job holds a lease the worker renews every TTL/3;
     # the reconciler requeues running jobs whose lease expired and queued jobs whose broker
     # message is gone.
     LEASE_TTL_S: float = Field(30.0, gt=0)

@@ -16,7 +16,7 @@ TRAIN_TASK = "trainyard.train_job"
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app configured for long, exactly-once-ish training tasks (DESIGN.md)."""
+    """A Celery app configured for long, exactly-once-ish training tasks (docs/design.md)."""
     app = Celery("trainyard", broker=settings.REDIS_URL)
     app.conf.update(
         # Ack after the task returns, so a worker that dies mid-job leaves the message to be

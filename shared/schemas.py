@@ -112,7 +112,7 @@ class _TrainSpec(BaseModel):
         "first steps pay the compilation, checkpoints are unchanged. Fast mode only",
     )
 
-    # Fast-mode defaults per task; book mode takes the book's (BOOK.md) instead.
+    # Fast-mode defaults per task; book mode takes the book's (docs/book.md) instead.
     FAST_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     @model_validator(mode="before")
@@ -172,7 +172,7 @@ class _TrainSpec(BaseModel):
 
 
 class ClassifierSpec(_TrainSpec):
-    """Train an image classifier (BOOK.md §2)."""
+    """Train an image classifier (Make Your First GAN With PyTorch, ch. 3, §3.1.6; docs/book.md)."""
 
     task: Literal["classifier"] = "classifier"
     model: Literal["book_cnn", "book_mlp"] = "book_cnn"
@@ -181,7 +181,7 @@ class ClassifierSpec(_TrainSpec):
 
 
 class GanSpec(_TrainSpec):
-    """Train a GAN (BOOK.md §3; conv_gan sized to the data)."""
+    """Train a GAN (Make Your First GAN With PyTorch, ch. 3, §3.1; conv_gan sized to the data)."""
 
     task: Literal["gan"] = "gan"
     model: Literal["conv_gan", "book_conv_gan", "book_mlp_gan"] = "conv_gan"
@@ -199,7 +199,8 @@ class GanSpec(_TrainSpec):
 
 
 class CganSpec(_TrainSpec):
-    """Train a label-conditioned GAN (BOOK.md §4; conv_cgan sized to the data)."""
+    """Train a label-conditioned GAN (Make Your First GAN With PyTorch, ch. 3, §3.2; conv_cgan sized
+    to the data)."""
 
     task: Literal["cgan"] = "cgan"
     model: Literal["book_cgan", "conv_cgan"] = "conv_cgan"

@@ -28,7 +28,7 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo(
             "book_cnn",
             "classifier",
-            "BOOK.md §2 CNN, 3,720 parameters",
+            "the book's ch. 3 §3.1.6 CNN, 3,720 parameters",
             (1, 28, 28),
             max_classes=10,
             book_lr=1e-3,
@@ -37,7 +37,7 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo(
             "book_mlp",
             "classifier",
-            "BOOK.md §2 fully-connected, 159,410 parameters",
+            "the book's ch. 3 §3.1.6 fully-connected, 159,410 parameters",
             (1, 28, 28),
             max_classes=10,
             book_lr=1e-3,
@@ -46,14 +46,14 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo(
             "book_conv_gan",
             "gan",
-            "BOOK.md §3 convolutional CelebA GAN, 128x128 colour",
+            "the book's ch. 3 §3.1 convolutional CelebA GAN, 128x128 colour",
             (3, 128, 128),
             book_epochs=1,
         ),
         ModelInfo(
             "book_mlp_gan",
             "gan",
-            "BOOK.md §3 fully-connected CelebA GAN, 218x178 colour",
+            "the book's ch. 3 §3.1 fully-connected CelebA GAN, 218x178 colour",
             (3, 218, 178),
             book_epochs=1,
         ),
@@ -68,7 +68,7 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo(
             "book_cgan",
             "cgan",
-            "BOOK.md §4 conditional GAN, MNIST 28x28 grey",
+            "the book's ch. 3 §3.2 conditional GAN, MNIST 28x28 grey",
             (1, 28, 28),
             max_classes=10,
             book_epochs=12,

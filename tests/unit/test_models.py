@@ -1,4 +1,5 @@
-"""Fidelity to BOOK.md: parameter counts, layer lists and every intermediate shape."""
+"""Fidelity to the book (docs/book.md): parameter counts, layer lists and every intermediate
+shape."""
 
 from __future__ import annotations
 

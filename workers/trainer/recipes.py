@@ -45,7 +45,8 @@ def _prepare_for(spec: JobSpec) -> Prepare:
 
 
 class ClassifierRecipe:
-    """BOOK.md §2: Sigmoid outputs, BCELoss against one-hot targets, Adam."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1.6: Sigmoid outputs, BCELoss against one-hot
+    targets, Adam."""
 
     def __init__(
         self,

@@ -1,4 +1,6 @@
-"""The model zoo: small nn.Modules that read like BOOK.md's layer lists, selected by name.
+"""The model zoo: small nn.Modules that read like the book's layer lists, selected by name.
+
+The book is Make Your First GAN With PyTorch (Tariq Rashid); docs/book.md lists its models.
 
 What each model needs from its data (shape, classes) is in shared/zoo.py, so the API can check
 a spec without importing torch."""

@@ -1,5 +1,5 @@
-"""MNIST classifiers from BOOK.md §2. Both end in Sigmoid: the book trains them with BCELoss
-against one-hot targets."""
+"""MNIST classifiers from Make Your First GAN With PyTorch (Tariq Rashid), ch. 3, §3.1.6
+(docs/book.md). Both end in Sigmoid: the book trains them with BCELoss against one-hot targets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from torch import Tensor, nn
 
 
 class BookCNN(nn.Module):
-    """The book's convolutional classifier: 3,720 parameters."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1.6, the MNIST CNN: 3,720 parameters.
+
+    (N, 1, 28, 28) or (N, 784) pixels in [0, 1] -> (N, 10) class scores in (0, 1)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,7 +30,10 @@ class BookCNN(nn.Module):
 
 
 class BookMLP(nn.Module):
-    """The book's fully-connected baseline: 159,410 parameters."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1.6, the fully-connected baseline: 159,410
+    parameters.
+
+    (N, 1, 28, 28) or (N, 784) pixels in [0, 1] -> (N, 10) class scores in (0, 1)."""
 
     def __init__(self) -> None:
         super().__init__()

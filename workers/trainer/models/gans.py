@@ -1,4 +1,5 @@
-"""GANs from BOOK.md §3-4, and our convolutional GANs sized to the data set.
+"""GANs from Make Your First GAN With PyTorch (Tariq Rashid), ch. 3, §3.1 and §3.2 (docs/book.md),
+and our convolutional GANs sized to the data set.
 
 Every discriminator ends in Sigmoid and every generator in Sigmoid (pixels in [0, 1]): the
 book trains both with BCELoss. Images are (N, C, H, W) throughout."""
@@ -19,11 +20,13 @@ def _act(kind: Activation) -> nn.Module:
     return nn.GELU() if kind == "gelu" else nn.LeakyReLU(0.2)
 
 
-# --- §3: the convolutional CelebA GAN, 128x128 colour.
+# --- Ch. 3, §3.1: the convolutional CelebA GAN, 128x128 colour.
 
 
 class BookConvDiscriminator(nn.Module):
-    """≈4.29 M parameters; (N, 3, 128, 128) -> (N, 1)."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1, the convolutional CelebA discriminator.
+
+    ≈4.29 M parameters; (N, 3, 128, 128) -> (N, 1)."""
 
     def __init__(self, activation: Activation = "leaky_relu") -> None:
         super().__init__()
@@ -46,7 +49,9 @@ class BookConvDiscriminator(nn.Module):
 
 
 class BookConvGenerator(nn.Module):
-    """≈4.33 M parameters; (N, 100) -> (N, 3, 128, 128)."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1, the convolutional CelebA generator.
+
+    ≈4.33 M parameters; (N, 100) -> (N, 3, 128, 128)."""
 
     def __init__(self, activation: Activation = "leaky_relu") -> None:
         super().__init__()
@@ -69,14 +74,16 @@ class BookConvGenerator(nn.Module):
         return self.net(z)
 
 
-# --- §3: the fully-connected CelebA GAN baseline, full 218x178 colour images.
+# --- Ch. 3, §3.1 and §3.1.1: the fully-connected CelebA GAN baseline, full 218x178 colour.
 
 CELEBA_HWC = (218, 178, 3)
 CELEBA_PIXELS = 218 * 178 * 3  # 116,412
 
 
 class BookMLPDiscriminator(nn.Module):
-    """(N, 3, 218, 178) -> (N, 1). Flattens in the book's (H, W, C) order."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1.1, the fully-connected CelebA discriminator.
+
+    (N, 3, 218, 178) -> (N, 1). Flattens in the book's (H, W, C) order."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,7 +101,9 @@ class BookMLPDiscriminator(nn.Module):
 
 
 class BookMLPGenerator(nn.Module):
-    """(N, 100) -> (N, 3, 218, 178). Produces (H, W, C) as the book, returned as (C, H, W)."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.1.1, the fully-connected CelebA generator.
+
+    (N, 100) -> (N, 3, 218, 178). Produces (H, W, C) as the book, returned as (C, H, W)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,11 +120,13 @@ class BookMLPGenerator(nn.Module):
         return self.net(z).permute(0, 3, 1, 2)
 
 
-# --- §4: the conditional MNIST GAN; the one-hot label is joined to each input.
+# --- Ch. 3, §3.2: the conditional MNIST GAN; the one-hot label is joined to each input.
 
 
 class BookCganDiscriminator(nn.Module):
-    """(N, 1, 28, 28), (N, 10) one-hot -> (N, 1)."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.2, the conditional MNIST discriminator.
+
+    (N, 1, 28, 28), (N, 10) one-hot -> (N, 1)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -132,7 +143,9 @@ class BookCganDiscriminator(nn.Module):
 
 
 class BookCganGenerator(nn.Module):
-    """(N, 100), (N, 10) one-hot -> (N, 1, 28, 28)."""
+    """Make Your First GAN With PyTorch, ch. 3, §3.2, the conditional MNIST generator.
+
+    (N, 100), (N, 10) one-hot -> (N, 1, 28, 28)."""
 
     def __init__(self) -> None:
         super().__init__()
