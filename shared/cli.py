@@ -239,7 +239,9 @@ def _memory(memory: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainyard", description=__doc__.splitlines()[0])
     p.add_argument("--url", help="API URL (default: TRAINYARD_API_URL or .trainyard/stack.env)")
-    p.add_argument("--token", help="API token (default: TRAINYARD_API_TOKEN)")
+    p.add_argument(
+        "--token", help="API token (default: TRAINYARD_API_TOKEN or .trainyard/stack.env)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("submit", help="queue a job")

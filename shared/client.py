@@ -1,10 +1,12 @@
 """The Python SDK: typed calls to the REST API, returning the shared pydantic models.
 
 `Client()` finds the API and token in TRAINYARD_API_URL / TRAINYARD_API_TOKEN, or in
-.trainyard/stack.env (written by `make up`)."""
+.trainyard/stack.env (written by `make up`). It needs httpx, httpx-sse and pydantic only
+(`pip install .` without extras): never the server's Settings (shared/config.py)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +16,6 @@ import httpx
 from httpx_sse import connect_sse
 from pydantic import BaseModel
 
-from shared.config import get_settings
 from shared.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -27,6 +28,36 @@ from shared.schemas import (
     JobsPublic,
     Readiness,
 )
+
+# The local stack's addresses and token, written by `make up` (devstack), read from the cwd.
+STACK_ENV = Path(".trainyard/stack.env")
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def api_defaults(stack_env: Path = STACK_ENV) -> tuple[str, str | None]:
+    """The API's (url, token) when the caller gives none: each from the environment
+    (TRAINYARD_API_URL, TRAINYARD_API_TOKEN), else from `stack_env` (KEY=VALUE lines; a
+    missing or unreadable file counts as empty), else http://127.0.0.1:8000 and no token."""
+    found = {**_read_env_file(stack_env), **os.environ}
+    return found.get("TRAINYARD_API_URL", DEFAULT_API_URL), found.get("TRAINYARD_API_TOKEN")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines, `#` comments, `export ` and quotes allowed) as a dict."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        if not sep or key.startswith("#"):
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
 
 
 class ApiError(Exception):
@@ -50,9 +81,10 @@ class Client:
     def __init__(
         self, url: str | None = None, token: str | None = None, timeout: float = 30.0
     ) -> None:
-        settings = get_settings()
-        self.url = (url or settings.API_URL).rstrip("/")
-        token = token if token is not None else settings.API_TOKEN
+        """`url` and `token` default to api_defaults(); `timeout` is in seconds per request."""
+        default_url, default_token = api_defaults()
+        self.url = (url or default_url).rstrip("/")
+        token = token if token is not None else default_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 

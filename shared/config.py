@@ -21,8 +21,9 @@ DEV_SECRET = "trainyard-dev-secret"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TRAINYARD_",
-        # `make up` writes the local stack's addresses here, so a CLI or worker started by hand
-        # in the repository finds the stack without exporting anything.
+        # `make up` writes the local stack's addresses here, so a worker started by hand in
+        # the repository finds the stack without exporting anything (the CLI and SDK read the
+        # file themselves: shared/client.py).
         env_file=".trainyard/stack.env",
         extra="ignore",
     )
@@ -50,7 +51,8 @@ class Settings(BaseSettings):
     API_URL: str = "http://127.0.0.1:8000"
     PAGE_SIZE_MAX: int = 200
     # Bearer tokens: "owner:token[:admin]" entries, comma-separated, and/or a file of
-    # "owner:sha256hex[:admin]" lines. The SDK and CLI send API_TOKEN.
+    # "owner:sha256hex[:admin]" lines. API_URL and API_TOKEN are the client's: the SDK and CLI
+    # read TRAINYARD_API_URL/TRAINYARD_API_TOKEN themselves (shared/client.py), not Settings.
     API_TOKENS: str = ""
     API_TOKENS_FILE: str | None = None
     API_TOKEN: str | None = None
