@@ -80,6 +80,7 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared services workers devstack tests bench
+	$(VENV)/bin/pylint shared services workers devstack tests bench  # duplicate-code only
 
 clean: down
 	rm -rf .trainyard

@@ -120,6 +120,16 @@ def _check_upload_size(name: str, size: int, limits: Limits) -> None:
         )
 
 
+def _check_decoded_size(name: str, what: str, nbytes: int, limits: Limits) -> None:
+    """A 413 when `nbytes` (bytes after decoding) passes `limits.max_decoded_bytes`; the
+    message reads "<name>: <what> <nbytes> bytes; the limit is ..."."""
+    if nbytes > limits.max_decoded_bytes:
+        raise DatasetError(
+            413,
+            f"{name}: {what} {nbytes} bytes; the limit is {limits.max_decoded_bytes} bytes",
+        )
+
+
 def _check_shape(name: str, shape: tuple[int, ...], limits: Limits) -> None:
     """Check an (N, H, W[, C]) uint8 shape against the limits before or after allocating it."""
     n, h, w = shape[:3]
@@ -133,13 +143,7 @@ def _check_shape(name: str, shape: tuple[int, ...], limits: Limits) -> None:
             f"{name}: images are {h}x{w} (HxW); height and width must each be between 1 and "
             f"{limits.max_side}",
         )
-    nbytes = math.prod(shape)
-    if nbytes > limits.max_decoded_bytes:
-        raise DatasetError(
-            413,
-            f"{name}: decoded images take {nbytes} bytes; the limit is "
-            f"{limits.max_decoded_bytes} bytes",
-        )
+    _check_decoded_size(name, "decoded images take", math.prod(shape), limits)
 
 
 def _check_labels(
@@ -333,25 +337,16 @@ def _check_npz_members(name: str, data: bytes, limits: Limits) -> None:
         ) from exc
     with archive:
         infos = archive.infolist()
-        total = sum(info.file_size for info in infos)
-        if total > limits.max_decoded_bytes:
-            raise DatasetError(
-                413,
-                f"{name}: uncompressed size is {total} bytes; the limit is "
-                f"{limits.max_decoded_bytes} bytes",
-            )
+        _check_decoded_size(
+            name, "uncompressed size is", sum(info.file_size for info in infos), limits
+        )
         # Each array's header gives what np.load will allocate; their sum is the budget too
         # (a member's declared file size may be smaller than its header claims).
         declared = 0
         for info in infos:
             if info.filename.removesuffix(".npy") in _NPZ_KEYS:
                 declared += _check_npy_header(name, archive, info, limits)
-                if declared > limits.max_decoded_bytes:
-                    raise DatasetError(
-                        413,
-                        f"{name}: its arrays take {declared} bytes; the limit is "
-                        f"{limits.max_decoded_bytes} bytes",
-                    )
+                _check_decoded_size(name, "its arrays take", declared, limits)
 
 
 def _check_npy_header(
@@ -370,12 +365,7 @@ def _check_npy_header(
         raise DatasetError(400, f"{name}: array {key!r} uses an unsupported .npy version")
     shape, dtype = header
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > limits.max_decoded_bytes:
-        raise DatasetError(
-            413,
-            f"{name}: array {key!r} of shape {shape} takes {nbytes} bytes; the limit is "
-            f"{limits.max_decoded_bytes} bytes",
-        )
+    _check_decoded_size(name, f"array {key!r} of shape {shape} takes", nbytes, limits)
     return nbytes
 
 
@@ -784,13 +774,9 @@ def _parse_zip(name: str, data: bytes, limits: Limits, name_encoding: str | None
             _check_entry(name, path, info)
         # Zip bombs: refuse on the declared sizes before decompressing anything. zipfile stops
         # reading an entry at its declared size, so a lying header cannot get past this.
-        total = sum(info.file_size for info in infos)
-        if total > limits.max_decoded_bytes:
-            raise DatasetError(
-                413,
-                f"{name}: uncompressed size is {total} bytes; the limit is "
-                f"{limits.max_decoded_bytes} bytes",
-            )
+        _check_decoded_size(
+            name, "uncompressed size is", sum(info.file_size for info in infos), limits
+        )
         entries = _class_entries(name, named)
         if len(entries) > limits.max_images:
             raise DatasetError(

@@ -61,15 +61,20 @@ def _exchange(stack: Stack, head: bytes, pieces: Iterator[bytes] | list[bytes]) 
     """Send the head, then the pieces until the server answers; read its answer. Fails when
     none comes within ANSWER_WITHIN_S."""
     with socket.create_connection(("127.0.0.1", stack.config.api_port), ANSWER_WITHIN_S) as s:
-        s.sendall(head)
-        for piece in pieces:
-            if select.select([s], [], [], 0)[0]:  # answered: stop sending
-                break
-            try:
-                s.sendall(piece)
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                break  # it stopped reading (and closed): its answer is waiting
+        _send(s, head, pieces)
         return _read_answer(s)
+
+
+def _send(s: socket.socket, head: bytes, pieces: Iterator[bytes] | list[bytes]) -> None:
+    """Send the head, then the pieces until the server answers or stops reading."""
+    s.sendall(head)
+    for piece in pieces:
+        if select.select([s], [], [], 0)[0]:  # answered: stop sending
+            break
+        try:
+            s.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            break  # it stopped reading (and closed): its answer is waiting
 
 
 def _read_answer(s: socket.socket) -> Answer:
@@ -334,11 +339,7 @@ def test_an_answer_before_the_body_is_read_closes_the_connection(stack: Stack, c
     head = _head(stack, path, bearer, content_type, length).replace(b"POST ", f"{method} ".encode())
     pieces = _chunked(_endless(path, content_type)) if length is None else [b"{" * 1024]
     with socket.create_connection(("127.0.0.1", stack.config.api_port), ANSWER_WITHIN_S) as s:
-        s.sendall(head)
-        for piece in pieces:
-            if select.select([s], [], [], 0)[0]:
-                break
-            s.sendall(piece)
+        _send(s, head, pieces)
         answer = _read_answer(s)
         assert answer.status >= 400 and "connection: close" in answer.head.lower(), answer.head
         try:
