@@ -1,4 +1,5 @@
-"""Shared test helpers. Integration fixtures live in tests/integration/conftest.py."""
+"""Shared test helpers. The test stack and its clients live in tests/stack_plugin.py; the
+integration tests' session stack is in tests/integration/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pytest
 from devstack.stack import wait_for  # poll a condition; never a fixed sleep
 
 __all__ = ["wait_for"]
+
+pytest_plugins = ["tests.stack_plugin"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

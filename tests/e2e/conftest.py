@@ -18,6 +18,7 @@ from devstack.stack import Stack, StackConfig
 from shared.client import Client
 from shared.status import JobStatus
 from tests.e2e.browser import CHROMIUM, UI_TIMEOUT_MS, VIEWPORT, launch, shot
+from tests.stack_plugin import running_stack
 
 # The small GAN of these tests: 60 steps, a sample grid every 15 (4 grids), metrics every 10.
 SMALL_GAN: dict[str, Any] = {
@@ -61,14 +62,10 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="session")
 def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The session stack; `client` (tests/stack_plugin.py) is its own user's SDK client."""
     root = tmp_path_factory.mktemp("e2e-stack")
-    stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False))
-    try:
-        stack.up()
+    with running_stack(StackConfig.fresh(Path(root), workers=1, preferred=False)) as stack:
         yield stack
-    finally:
-        print(stack.logs(40))
-        stack.down()
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +77,6 @@ def base_url(stack: Stack) -> str:
 def token(stack: Stack) -> str:
     """The stack's own user, "dev"."""
     return stack.config.api_token
-
-
-@pytest.fixture(scope="session")
-def client(stack: Stack) -> Iterator[Client]:
-    with Client(stack.config.api_url, stack.config.api_token) as c:
-        yield c
 
 
 @pytest.fixture(scope="session")

@@ -16,42 +16,37 @@ from shared.auth import new_token
 from shared.client import Client
 from shared.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
+from tests.stack_plugin import running_stack
 
 UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 256 MiB
 QUEUE_CAP = 20  # per owner; small enough to reach in a test
 # Users besides "dev" (the stack's own): two owners, an admin, one for the queue cap, and one
-# the fuzzer uses (its jobs are cancelled afterwards).
+# whose jobs are a playground (test_params.py; the fuzzer's, on its own stack).
 USERS = {name: new_token() for name in ("alice", "bob", "root", "carol", "fuzz")}
+OVERRIDES = {
+    "TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT),
+    "TRAINYARD_MAX_QUEUED_PER_OWNER": str(QUEUE_CAP),
+    # A submit here waits for its shape's probe (up to 20 s, under the SDK's 30 s timeout),
+    # so most jobs are routed when the POST answers; the short budget is
+    # test_planning_api.py's subject, on a stack of its own.
+    "TRAINYARD_PLAN_WAIT_S": "20",
+    "TRAINYARD_API_TOKENS": ",".join(
+        f"{name}:{token}" + (":admin" if name == "root" else "") for name, token in USERS.items()
+    ),
+}
+
+
+def session_config(root: Path) -> StackConfig:
+    """The session stack's configuration (one worker, the users and limits above) under
+    `root`; test_schemathesis.py starts a copy of its own with it."""
+    return StackConfig.fresh(root, workers=1, preferred=False, overrides=OVERRIDES)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
-    overrides = {
-        "TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT),
-        "TRAINYARD_MAX_QUEUED_PER_OWNER": str(QUEUE_CAP),
-        # A submit here waits for its shape's probe (up to 20 s, under the SDK's 30 s timeout),
-        # so most jobs are routed when the POST answers; the short budget is
-        # test_planning_api.py's subject, on a stack of its own.
-        "TRAINYARD_PLAN_WAIT_S": "20",
-        "TRAINYARD_API_TOKENS": ",".join(
-            f"{name}:{token}" + (":admin" if name == "root" else "")
-            for name, token in USERS.items()
-        ),
-    }
-    stack = Stack(StackConfig.fresh(Path(root), workers=1, preferred=False, overrides=overrides))
-    try:
-        stack.up()
+    """The session stack; `client` (tests/stack_plugin.py) is its own user's SDK client."""
+    with running_stack(session_config(Path(tmp_path_factory.mktemp("stack")))) as stack:
         yield stack
-    finally:
-        print(stack.logs(40))
-        stack.down()
-
-
-@pytest.fixture(scope="session")
-def client(stack: Stack) -> Iterator[Client]:
-    with Client(stack.config.api_url, stack.config.api_token) as c:
-        yield c
 
 
 @pytest.fixture(scope="session")

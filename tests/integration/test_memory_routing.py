@@ -18,6 +18,7 @@ from shared.schemas import JobPublic, PendingInfo
 from shared.status import JobStatus
 from shared.workers import WorkerRegistry
 from tests.conftest import wait_for
+from tests.stack_plugin import client_for, running_stack
 
 CLASSES = "cpu:16,gpu-small:0.25,gpu-big:2,gpu-huge:64"
 SMALL = {"task": "classifier", "max_steps": 20}
@@ -34,34 +35,28 @@ BIG = {
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = Path(tmp_path_factory.mktemp("routing"))
-    stack = Stack(
-        StackConfig.fresh(
-            root,
-            workers=2,
-            preferred=False,
-            overrides={"TRAINYARD_MEMORY_CLASSES": CLASSES},
-            worker_overrides=[
-                {"TRAINYARD_WORKER_MEMORY_CLASS": "gpu-small"},
-                {"TRAINYARD_WORKER_MEMORY_CLASS": "gpu-big"},
-            ],
-        )
+    config = StackConfig.fresh(
+        root,
+        workers=2,
+        preferred=False,
+        overrides={"TRAINYARD_MEMORY_CLASSES": CLASSES},
+        worker_overrides=[
+            {"TRAINYARD_WORKER_MEMORY_CLASS": "gpu-small"},
+            {"TRAINYARD_WORKER_MEMORY_CLASS": "gpu-big"},
+        ],
     )
-    try:
-        stack.up()
+    with running_stack(config) as stack:
         wait_for(
             lambda: len(WorkerRegistry(stack.redis_client()).online()) == 2,
             30,
             "both workers' heartbeats",
         )
         yield stack
-    finally:
-        print(stack.logs(40))
-        stack.down()
 
 
 @pytest.fixture(scope="module")
 def api(routed: Stack) -> Iterator[Client]:
-    with Client(routed.config.api_url, routed.config.api_token) as c:
+    with client_for(routed) as c:
         yield c
 
 

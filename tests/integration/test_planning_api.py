@@ -29,6 +29,7 @@ from shared.status import JobStatus
 from shared.zoo import BUILTIN_DATASETS
 from tests.conftest import wait_for
 from tests.integration.test_cli import run
+from tests.stack_plugin import running_stack
 
 CACHE_TTL_S = 3600
 PROBES_PER_MINUTE = 3
@@ -49,13 +50,9 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TRAINYARD_RECONCILE_GRACE_S": "2",
         "TRAINYARD_API_TOKENS": ",".join(f"{name}:{token}" for name, token in USERS.items()),
     }
-    stack = Stack(StackConfig.fresh(root, workers=1, preferred=False, overrides=overrides))
-    try:
-        stack.up()
+    config = StackConfig.fresh(root, workers=1, preferred=False, overrides=overrides)
+    with running_stack(config) as stack:
         yield stack
-    finally:
-        print(stack.logs(40))
-        stack.down()
 
 
 @pytest.fixture(scope="module")

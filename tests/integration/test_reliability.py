@@ -27,6 +27,7 @@ from shared.schemas import CheckpointManifest, JobEvent, JobPublic, JobSpecAdapt
 from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.conftest import wait_for
+from tests.stack_plugin import client_for, running_stack
 from workers.trainer.planner import probe
 
 LEASE_TTL_S = 3
@@ -59,18 +60,14 @@ LONG: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = Path(tmp_path_factory.mktemp("chaos"))
-    stack = Stack(StackConfig.fresh(root, workers=2, preferred=False, overrides=OVERRIDES))
-    try:
-        stack.up()
+    config = StackConfig.fresh(root, workers=2, preferred=False, overrides=OVERRIDES)
+    with running_stack(config, logs=60) as stack:
         yield stack
-    finally:
-        print(stack.logs(60))
-        stack.down()
 
 
 @pytest.fixture(scope="module")
 def api(chaos: Stack) -> Iterator[Client]:
-    with Client(chaos.config.api_url, chaos.config.api_token) as c:
+    with client_for(chaos) as c:
         yield c
 
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from devstack.stack import Stack, StackConfig
-from shared.client import Client
 from shared.schemas import ClassifierSpec
 from shared.workers import FORGET_AFTER_S, ONLINE_WITHIN_S, WorkerRegistry
 from tests.conftest import wait_for
+from tests.stack_plugin import client_for, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +34,8 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         worker_overrides=[{}, {"TRAINYARD_WORKER_CPUS": "3"}],
     )
     config.named_workers = False
-    stack = Stack(config)
-    try:
-        stack.up()
+    with running_stack(config) as stack:
         yield stack
-    finally:
-        print(stack.logs(40))
-        stack.down()
 
 
 def reported(stack: Stack) -> list[dict[str, Any]]:
@@ -72,7 +67,7 @@ def test_same_hostname_distinct_identities_both_take_jobs(twins: Stack) -> None:
     host = socket.gethostname()
     assert all(n.startswith(f"worker@{host}-") for n in names), names
     spec = ClassifierSpec(max_steps=30, checkpoint_every=10, sample_every=1000, log_every=5)
-    with Client(twins.config.api_url, twins.config.api_token) as api:
+    with client_for(twins) as api:
         jobs = [api.submit(spec.model_copy(update={"name": f"twin-{i}"})) for i in range(6)]
         done = [api.wait(job.id, timeout=300, poll=0.2) for job in jobs]
     assert all(d.status.value == "succeeded" for d in done), [d.error for d in done]

@@ -1,0 +1,46 @@
+"""The test stack, up and down, and its clients: one place for the integration, e2e and
+reliability tests. Registered once, by `pytest_plugins` in tests/conftest.py.
+
+A test directory's conftest (or a module wanting a stack of its own) builds a
+`devstack.stack.StackConfig` and yields from `running_stack`; the `client` fixture here is the
+stack's own user's SDK client over whichever session `stack` fixture the directory defines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from devstack.stack import Stack, StackConfig
+from shared.client import Client
+
+
+@contextmanager
+def running_stack(config: StackConfig, logs: int = 40) -> Iterator[Stack]:
+    """The local stack of `config` (redis-server, SeaweedFS S3, the API, the Celery workers),
+    up for the `with` block. Afterwards, pass or fail, its last `logs` lines per process are
+    printed (pytest shows them for a failed test) and every process is stopped.
+
+    Raises whatever `Stack.up` raises when a process does not come up (it is still stopped)."""
+    stack = Stack(config)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        print(stack.logs(logs))
+        stack.down()
+
+
+@contextmanager
+def client_for(stack: Stack) -> Iterator[Client]:
+    """An SDK client as the stack's own user ("dev"), closed after the `with` block."""
+    with Client(stack.config.api_url, stack.config.api_token) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[Client]:
+    """The session stack's own user's SDK client (the `stack` fixture of the test's directory)."""
+    with client_for(stack) as c:
+        yield c
