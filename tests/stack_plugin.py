@@ -2,15 +2,14 @@
 reliability tests. Registered once, by `pytest_plugins` in tests/conftest.py.
 
 A test directory's conftest (or a module wanting a stack of its own) builds a
-`devstack.stack.StackConfig` and yields from `running_stack`; the `client` fixture here is the
-stack's own user's SDK client over whichever session `stack` fixture the directory defines."""
+`devstack.stack.StackConfig` and yields from `running_stack`, and its `client` fixture yields
+from `client_for`. (A session-scoped `client` here would be computed once, for the first
+directory's stack, and handed to every other directory's tests.)"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import pytest
 
 from devstack.stack import Stack, StackConfig
 from shared.client import Client
@@ -36,11 +35,4 @@ def running_stack(config: StackConfig, logs: int = 40) -> Iterator[Stack]:
 def client_for(stack: Stack) -> Iterator[Client]:
     """An SDK client as the stack's own user ("dev"), closed after the `with` block."""
     with Client(stack.config.api_url, stack.config.api_token) as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
-def client(stack: Stack) -> Iterator[Client]:
-    """The session stack's own user's SDK client (the `stack` fixture of the test's directory)."""
-    with client_for(stack) as c:
         yield c

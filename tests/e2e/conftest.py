@@ -18,7 +18,7 @@ from devstack.stack import Stack, StackConfig
 from shared.client import Client
 from shared.status import JobStatus
 from tests.e2e.browser import CHROMIUM, UI_TIMEOUT_MS, VIEWPORT, launch, shot
-from tests.stack_plugin import running_stack
+from tests.stack_plugin import client_for, running_stack
 
 # The small GAN of these tests: 60 steps, a sample grid every 15 (4 grids), metrics every 10.
 SMALL_GAN: dict[str, Any] = {
@@ -62,10 +62,17 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="session")
 def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The session stack; `client` (tests/stack_plugin.py) is its own user's SDK client."""
+    """The session stack of this directory."""
     root = tmp_path_factory.mktemp("e2e-stack")
     with running_stack(StackConfig.fresh(Path(root), workers=1, preferred=False)) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[Client]:
+    """This directory's session stack, as its own user ("dev")."""
+    with client_for(stack) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from shared.auth import new_token
 from shared.client import Client
 from shared.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
-from tests.stack_plugin import running_stack
+from tests.stack_plugin import client_for, running_stack
 
 UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 256 MiB
 QUEUE_CAP = 20  # per owner; small enough to reach in a test
@@ -44,9 +44,16 @@ def session_config(root: Path) -> StackConfig:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The session stack; `client` (tests/stack_plugin.py) is its own user's SDK client."""
+    """The session stack of this directory."""
     with running_stack(session_config(Path(tmp_path_factory.mktemp("stack")))) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[Client]:
+    """This directory's session stack, as its own user ("dev")."""
+    with client_for(stack) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")
