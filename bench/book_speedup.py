@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.schemas import ClassifierSpec
 from workers.trainer.data import load_dataset
-from workers.trainer.loop import fit
+from workers.trainer.fit import fit
 from workers.trainer.run import Run
 
 

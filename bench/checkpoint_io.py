@@ -21,7 +21,7 @@ from bench.stack import local_stack
 from shared.schemas import JobSpecAdapter
 from shared.storage import S3ArtifactStore
 from workers.trainer import checkpoint
-from workers.trainer.planner import _synthetic
+from workers.trainer.probe import _synthetic
 from workers.trainer.recipes import make_recipe
 from workers.trainer.run import Run
 

@@ -16,7 +16,7 @@ import torch
 from shared.planning import predict
 from shared.schemas import JobSpecAdapter
 from workers.trainer.memory import tensor_bytes
-from workers.trainer.planner import _synthetic, probe
+from workers.trainer.probe import _synthetic, probe
 from workers.trainer.recipes import make_recipe
 
 CASES: list[tuple[dict[str, Any], tuple[int, int, int], tuple[int, ...]]] = [

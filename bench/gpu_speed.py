@@ -22,7 +22,7 @@ import torch
 
 from shared.schemas import JobSpecAdapter
 from workers.trainer.data import Batches, ImageData, load_dataset
-from workers.trainer.planner import _synthetic
+from workers.trainer.probe import _synthetic
 from workers.trainer.recipes import make_recipe
 
 BOOK_CONV_GAN_PEAK_GB = 0.2036  # the book's ch. 3 §3.1.1, Tesla T4, batch 1 (docs/book.md)

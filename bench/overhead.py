@@ -20,7 +20,7 @@ import torch
 from bench.bare import bare_loop
 from shared.schemas import ClassifierSpec
 from workers.trainer.data import load_dataset
-from workers.trainer.loop import fit
+from workers.trainer.fit import fit
 from workers.trainer.run import Run
 
 NEVER = 10_000_000  # an interval no run reaches

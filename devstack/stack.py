@@ -480,7 +480,7 @@ class Stack:
 
     def workers_online(self) -> bool:
         """Every worker has consumed from the queue's broker connection (Celery's own ping)."""
-        from shared.queue import make_celery
+        from shared.broker import make_celery
 
         app = make_celery(self.config.settings())
         replies = app.control.ping(timeout=1.0) or []

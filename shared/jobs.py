@@ -422,7 +422,7 @@ class JobRegistry:
     ) -> JobPublic:
         """Store a new queued job for `owner` and return its record; QueueFull when the owner
         already has `max_queued` queued jobs (checked and created atomically). `message`
-        (broker queue, payload) is pushed in the same step: see shared.queue.training_message."""
+        (broker queue, payload) is pushed in the same step: see shared.broker.training_message."""
         job, keys, args = self._new(spec, owner, job_id, max_queued, message, **extra)
         return _created(job, self._create(keys=keys, args=args), max_queued)
 

@@ -1,5 +1,5 @@
 """Memory planning, the torch-free half: memory classes, routing, and evaluating a predicted
-peak for any batch size from the lines a CPU probe measured (workers/trainer/planner.py).
+peak for any batch size from the lines a CPU probe measured (workers/trainer/probe.py).
 
 A probe runs one training step at two small batch sizes under the PyTorch profiler. The live
 bytes after each allocation are affine in the batch size (the same ops allocate in the same
@@ -20,10 +20,10 @@ from pydantic import BaseModel, Field
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from shared.broker import enqueue_training
 from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry, RedisKeys, _text
-from shared.queue import enqueue_training
 from shared.schemas import JobEvent, JobSpec, JobSpecAdapter
 from shared.status import JobStatus
 from shared.workers import WorkerRegistry

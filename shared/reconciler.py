@@ -23,11 +23,11 @@ from datetime import datetime
 
 from celery import Celery
 
+from shared.broker import broker_job_ids, enqueue_training
 from shared.config import Settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry, _text, utcnow
 from shared.planning import Planner
-from shared.queue import broker_job_ids, enqueue_training
 from shared.schemas import JobEvent
 from shared.workers import FORGET_AFTER_S, WorkerRegistry
 

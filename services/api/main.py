@@ -14,13 +14,13 @@ from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.routes import datasets, health, jobs, ui
 from services.api.routes import workers as worker_routes
 from shared.auth import TokenTable
+from shared.broker import make_celery
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_async_redis, connect_redis, get_settings
 from shared.events import EventStream
 from shared.jobs import JobRegistry
 from shared.logs import setup_json_logging
 from shared.planning import Planner
-from shared.queue import make_celery
 from shared.reconciler import Reconciler
 from shared.storage import S3ArtifactStore
 from shared.workers import WorkerRegistry

@@ -1,5 +1,5 @@
 """The API pushes each job's Celery message itself, in the Redis script that creates the job
-(shared.queue.training_message). These tests hold that message to what Celery's own
+(shared.broker.training_message). These tests hold that message to what Celery's own
 send_task writes, on a real Redis, so a Celery or kombu upgrade that changes the format fails
 here rather than in a worker; every integration test that runs a job proves a real worker
 takes it."""
@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 
 from devstack.stack import Stack
+from shared.broker import _job_id_of, enqueue_training, make_celery, training_message
 from shared.jobs import JobRegistry, QueueFull
-from shared.queue import _job_id_of, enqueue_training, make_celery, training_message
 from shared.schemas import ClassifierSpec
 
 PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}  # fresh uuids each time

@@ -28,7 +28,7 @@ from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.conftest import wait_for
 from tests.stack_plugin import client_for, running_stack
-from workers.trainer.planner import probe
+from workers.trainer.probe import probe
 
 LEASE_TTL_S = 3
 GRACE_S = 30

@@ -11,7 +11,7 @@ import pytest
 from shared.events import KeptHistory
 from shared.schemas import ClassifierSpec, EventKind, JobEvent
 from shared.storage import LocalArtifactStore
-from workers.trainer.loop import fit
+from workers.trainer.fit import fit
 from workers.trainer.run import JobStopped, LocalRun, StopReason
 
 SPEC = ClassifierSpec(

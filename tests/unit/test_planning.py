@@ -27,7 +27,7 @@ from shared.planning import (
 from shared.schemas import JobSpecAdapter
 from shared.workers import WorkerRegistry
 from workers.trainer.memory import profile_tensor_peak
-from workers.trainer.planner import _synthetic, probe
+from workers.trainer.probe import _synthetic, probe
 from workers.trainer.recipes import make_recipe
 
 

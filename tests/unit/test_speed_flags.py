@@ -12,12 +12,12 @@ from torch import Tensor, nn
 
 from shared.schemas import ClassifierSpec, GanSpec, JobSpec, JobSpecAdapter, JobSummary
 from shared.storage import LocalArtifactStore
-from tests.unit.test_loop import StopAt
+from tests.unit.test_fit import StopAt
 from workers.trainer import checkpoint
 from workers.trainer.data import load_dataset
-from workers.trainer.loop import fit
+from workers.trainer.fit import fit
 from workers.trainer.models import build_model
-from workers.trainer.planner import timeline
+from workers.trainer.probe import timeline
 from workers.trainer.recipes import ClassifierRecipe, GanRecipe, make_recipe
 from workers.trainer.run import JobStopped, LocalRun, Run
 from workers.trainer.speed import training_forward

@@ -20,11 +20,11 @@ from celery.signals import (
 )
 from celery.utils.nodenames import default_nodename
 
+from shared.broker import make_celery
 from shared.config import connect_redis, get_settings
 from shared.jobs import RedisKeys
 from shared.logs import setup_json_logging
 from shared.planning import parse_classes, queue_for
-from shared.queue import make_celery
 from shared.workers import WorkerRegistry
 from workers.trainer import cpu
 from workers.trainer.identity import node_name

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wiring around JobRunner, which wraps fit()."""
+"""Celery tasks: thin wiring around JobExecutor, which wraps fit()."""
 
 from __future__ import annotations
 
@@ -10,35 +10,35 @@ from typing import Any
 
 from celery import Task
 
+from shared.broker import TRAIN_TASK, enqueue_training
 from shared.config import connect_redis, get_settings
 from shared.planning import PLAN_TASK, PROBING, Planner
-from shared.queue import TRAIN_TASK, enqueue_training
 from shared.schemas import JobSpecAdapter
 from shared.workers import WorkerRegistry
 from workers.trainer.celery_app import app
-from workers.trainer.planner import probe
-from workers.trainer.runner import JobRunner
+from workers.trainer.job import JobExecutor
+from workers.trainer.probe import probe
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
-def _runner(worker: str) -> JobRunner:
+def _executor(worker: str) -> JobExecutor:
     settings = get_settings()  # connections made once per worker process
-    return JobRunner(settings, worker, lambda job_id, queue: enqueue_training(app, job_id, queue))
+    return JobExecutor(settings, worker, lambda job_id, queue: enqueue_training(app, job_id, queue))
 
 
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self: Task, job_id: str) -> str:
     """Train one job; its outcome is on the job record, not in Celery's result backend."""
-    runner = _runner(self.request.hostname or "worker")
+    executor = _executor(self.request.hostname or "worker")
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        runner.drain()  # checkpoint at the next step and hand the job back
+        executor.drain()  # checkpoint at the next step and hand the job back
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return runner.run(job_id).value
+        return executor.run(job_id).value
     finally:
         signal.signal(signal.SIGTERM, previous)
 

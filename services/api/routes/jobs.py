@@ -29,12 +29,12 @@ from services.api.deps import (
 )
 from services.api.errors import ERROR_RESPONSES, ApiProblem
 from services.api.metrics import JOBS_SUBMITTED
+from shared.broker import training_message
 from shared.catalog import DatasetCatalog, DatasetNotFound
 from shared.config import Settings
 from shared.events import ascan, decode_entry
 from shared.jobs import CURSOR, InvalidCursor, JobRegistry, QueueFull, _text, new_job_id
 from shared.planning import NoClassFits, Planner, ProbeRateLimited, Routing
-from shared.queue import training_message
 from shared.schemas import (
     ArtifactPublic,
     ArtifactsPublic,

@@ -15,7 +15,7 @@ from shared.schemas import ClassifierSpec, GanSpec, JobSummary
 from shared.storage import LocalArtifactStore
 from workers.trainer import checkpoint
 from workers.trainer.data import load_dataset
-from workers.trainer.loop import fit
+from workers.trainer.fit import fit
 from workers.trainer.models import build_model
 from workers.trainer.recipes import ClassifierRecipe, GanRecipe
 from workers.trainer.run import JobStopped, LocalRun, Run, StopReason
@@ -158,7 +158,7 @@ def test_images_per_s_counts_every_training_step_and_no_evaluation(
 ) -> None:
     """On a clock where each training step takes 1 s and each evaluation 100 s, the rate is
     exactly one batch per second, however the logging falls across epoch ends."""
-    import workers.trainer.loop as loop
+    import workers.trainer.fit as loop
 
     clock = [0.0]
     real_make_recipe = loop.make_recipe

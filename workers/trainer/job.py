@@ -1,6 +1,6 @@
 """Run one job on this worker: take its lease, call fit(), and end the job in the right state.
 
-Every write is fenced by the lease (shared/jobs.py); a JobControl thread renews the lease and
+Every write is fenced by the lease (shared/jobs.py); a LeaseKeeper thread renews the lease and
 turns cancel requests, worker drains and a lost lease into the run's stop reason."""
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
 from shared.workers import WorkerRegistry
 from workers.trainer.faults import FaultPlan, load_plan
-from workers.trainer.loop import fit
-from workers.trainer.planner import probe
+from workers.trainer.fit import fit
+from workers.trainer.probe import probe
 from workers.trainer.run import JobStopped, Run, StopReason
 
 log = logging.getLogger(__name__)
 
 
-class JobRun(Run):
+class LeasedRun(Run):
     """A Run whose writes are fenced by the job's lease."""
 
-    def __init__(self, runner: JobRunner, lease: Lease, faults: FaultPlan | None) -> None:
-        super().__init__(lease.job_id, runner.store, self._publish, runner.settings.DATA_DIR)
-        self.runner, self.lease, self.faults = runner, lease, faults
+    def __init__(self, executor: JobExecutor, lease: Lease, faults: FaultPlan | None) -> None:
+        super().__init__(lease.job_id, executor.store, self._publish, executor.settings.DATA_DIR)
+        self.executor, self.lease, self.faults = executor, lease, faults
         self.attempt = lease.attempt
 
     def _publish(self, events: list[JobEvent]) -> None:
@@ -49,16 +49,16 @@ class JobRun(Run):
         for event in events:
             if "total_steps" in event.info:
                 progress["total_steps"] = str(event.info["total_steps"])
-        self.runner.events.publish_fenced(self.lease, events, progress)
+        self.executor.events.publish_fenced(self.lease, events, progress)
 
     def before_commit(self, step: int) -> None:
         # A worker that lost its lease must not move latest.json: check just before writing.
-        if self.runner.registry.holder(self.job_id) != self.lease.token:
+        if self.executor.registry.holder(self.job_id) != self.lease.token:
             raise LeaseLost(f"job {self.job_id}: lease {self.lease.token} is no longer held")
 
     def after_commit(self, step: int) -> None:
         # The record names a checkpoint only once it is committed: what a successor resumes from.
-        self.runner.registry.update(self.job_id, self.lease, checkpoint_step=step)
+        self.executor.registry.update(self.job_id, self.lease, checkpoint_step=step)
 
     def should_stop(self, step: int) -> bool:
         if self.faults is not None:
@@ -76,37 +76,39 @@ class JobRun(Run):
             self.stop_reason = reason
 
 
-class JobControl:
+class LeaseKeeper:
     """A thread beside the training loop: renews the lease every TTL/3 and listens for the
     job's cancel and the worker's drain (pub/sub, with the Redis record as a backstop)."""
 
-    def __init__(self, runner: JobRunner, run: JobRun) -> None:
-        self.runner, self.run = runner, run
-        keys = runner.registry.keys
+    def __init__(self, executor: JobExecutor, run: LeasedRun) -> None:
+        self.executor, self.run = executor, run
+        keys = executor.registry.keys
         self.channels = {
             keys.control(run.job_id): "cancel",
-            keys.worker_control(runner.worker): "shutdown",
+            keys.worker_control(executor.worker): "shutdown",
         }
         self._done = threading.Event()
-        self._pubsub = runner.registry.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = executor.registry.redis.pubsub(ignore_subscribe_messages=True)
         self._thread = threading.Thread(
             target=self._loop, name=f"control-{run.job_id}", daemon=True
         )
 
-    def __enter__(self) -> JobControl:
+    def __enter__(self) -> LeaseKeeper:
         self._pubsub.subscribe(*self.channels)
         self._busy(self.run.job_id)
         self._thread.start()
         return self
 
     def _busy(self, job_id: str | None) -> None:
-        self.runner.workers.set_busy(self.runner.worker, job_id, self.runner.settings.LEASE_TTL_S)
+        self.executor.workers.set_busy(
+            self.executor.worker, job_id, self.executor.settings.LEASE_TTL_S
+        )
 
     def _loop(self) -> None:
         registry, lease, ttl = (
-            self.runner.registry,
+            self.executor.registry,
             self.run.lease,
-            self.runner.settings.LEASE_TTL_S,
+            self.executor.settings.LEASE_TTL_S,
         )
         next_renew = next_check = 0.0  # check at once: a cancel may predate the subscription
         while not self._done.is_set():
@@ -119,7 +121,7 @@ class JobControl:
                     next_check = now + 1.0
                     if registry.cancel_requested(lease.job_id):
                         self.run.request_stop("cancel")
-                    if registry.redis.exists(registry.keys.worker_draining(self.runner.worker)):
+                    if registry.redis.exists(registry.keys.worker_draining(self.executor.worker)):
                         self.run.request_stop("shutdown")
                 if now >= next_renew:
                     next_renew = now + ttl / 3
@@ -138,7 +140,7 @@ class JobControl:
         self._busy(None)
 
 
-class JobRunner:
+class JobExecutor:
     """One per worker process: connections are made once, jobs run one after another."""
 
     def __init__(
@@ -151,7 +153,7 @@ class JobRunner:
         self.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
         self.catalog = DatasetCatalog(redis, self.store, settings.KEY_PREFIX, settings)
-        self.current: JobRun | None = None
+        self.current: LeasedRun | None = None
 
     def run(self, job_id: str) -> JobStatus:
         """Train the job if this worker can take it; returns the job's status afterwards."""
@@ -169,10 +171,10 @@ class JobRunner:
         log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
         self._status_event(job_id, JobStatus.RUNNING, lease.attempt, fence=lease.fence)
         faults = load_plan(self.registry, job, lease.attempt) if s.FAULT_INJECTION else None
-        self.current = run = JobRun(self, lease, faults)
+        self.current = run = LeasedRun(self, lease, faults)
         run.predicted_peak_bytes = self._predicted(job)
         try:
-            with JobControl(self, run):
+            with LeaseKeeper(self, run):
                 summary = fit(job.spec, run, job.micro_batch_size)
         except JobStopped as stop:
             return self._after_stop(lease, stop)
