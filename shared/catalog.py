@@ -13,10 +13,10 @@ from redis import Redis
 
 from shared.auth import Principal
 from shared.config import Settings, get_settings
-from shared.datasets import DatasetError, Limits, ParsedDataset, parse_upload, to_npz_bytes
-from shared.jobs import RedisKeys
 from shared.schemas import DatasetPublic, first_unprintable
+from shared.state.keys import RedisKeys
 from shared.storage import ArtifactStore, DatasetKeys
+from shared.uploads import DatasetError, Limits, ParsedDataset, parse_upload, to_npz_bytes
 from shared.zoo import BUILTIN_DATASETS, DatasetInfo, upload_split
 
 
@@ -75,7 +75,7 @@ class DatasetCatalog:
     # Quotas
 
     def _owner_key(self, owner: str) -> str:
-        return f"{self.keys.prefix}:owner:{owner}:datasets"
+        return self.keys.owner_datasets(owner)
 
     def _ensure_owner_index(self) -> None:
         """Data sets stored before the per-owner index existed are indexed once."""

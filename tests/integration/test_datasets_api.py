@@ -18,10 +18,10 @@ from redis import Redis
 
 from devstack.stack import Stack
 from shared.client import Client
-from shared.datasets import from_npz_bytes, write_idx
 from shared.schemas import DatasetPublic
 from shared.status import JobStatus
 from shared.storage import DatasetKeys, S3ArtifactStore
+from shared.uploads import from_npz_bytes, write_idx
 from tests.integration.conftest import UPLOAD_LIMIT
 from workers.trainer.data import load_dataset
 

@@ -1,4 +1,4 @@
-"""shared.datasets: uploads round-trip exactly, and every kind of bad upload is refused clearly."""
+"""shared.uploads: uploads round-trip exactly, and every kind of bad upload is refused clearly."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.datasets import (
+from shared.uploads import (
     DatasetError,
     Limits,
     ParsedDataset,
@@ -424,7 +424,7 @@ def test_messages_stay_on_one_line() -> None:
 
 def test_module_never_imports_torch() -> None:
     code = (
-        "import sys, shared.datasets\n"
+        "import sys, shared.uploads\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )

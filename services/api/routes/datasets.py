@@ -16,8 +16,8 @@ from services.api.deps import (
     get_principal,
 )
 from services.api.errors import ERROR_RESPONSES, ApiProblem
-from shared.datasets import DatasetError
 from shared.schemas import DatasetPublic, DatasetsPublic
+from shared.uploads import DatasetError
 
 router = APIRouter(
     prefix="/v1/datasets",
