@@ -14,7 +14,7 @@ from pathlib import Path
 
 from devstack.stack import Stack, StackConfig, wait_for
 from shared.client import Client
-from shared.jobs import JobRegistry
+from shared.state.jobs import JobRegistry
 from shared.status import JobStatus
 
 SPEC = {
@@ -57,7 +57,7 @@ def main() -> int:
                 running = [
                     j
                     for j in jobs
-                    if j.status is JobStatus.RUNNING and j.worker and registry.holder(j.id)
+                    if j.status is JobStatus.RUNNING and j.worker and registry.leases.holder(j.id)
                 ]
                 if not running:
                     if all(api.get(i).status.is_terminal() for i in ids):
@@ -79,7 +79,7 @@ def main() -> int:
                 if (
                     current.status is not JobStatus.RUNNING
                     or not current.worker
-                    or not registry.holder(job.id)
+                    or not registry.leases.holder(job.id)
                 ):
                     continue
                 victim = next(w for w in stack.workers if current.worker.startswith(f"{w.name}-"))

@@ -108,6 +108,11 @@ def _job_id_of(raw: bytes | str) -> str | None:
         return None
 
 
+def queue_depth(redis: Redis, queue: str) -> int:
+    """Messages waiting in `queue` (not counting those delivered and not yet acknowledged)."""
+    return int(redis.llen(queue))
+
+
 def broker_job_ids(redis: Redis, queue: str) -> set[str]:
     """Job ids with a message waiting in the queue or delivered and not yet acknowledged."""
     raws = list(redis.lrange(queue, 0, -1)) + list(redis.hvals("unacked"))

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 
 from celery import Celery
 from pydantic import BaseModel, Field
-from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from shared.broker import enqueue_training
 from shared.config import Settings
-from shared.events import EventStream
-from shared.jobs import JobRegistry, RedisKeys, _text
-from shared.schemas import JobEvent, JobSpec, JobSpecAdapter
+from shared.schemas import JobSpec
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.state.plans import PlanCache
+from shared.state.records import status_event
 from shared.status import JobStatus
-from shared.workers import WorkerRegistry
 from shared.zoo import MODELS, transformed_shape
 
 GIB = 1024**3
@@ -252,7 +251,6 @@ class ProbeRateLimited(RuntimeError):
 
 
 UNPLANNED = "memory not predicted: no planner answered in time"
-PROBING = "probing"  # the in-flight marker's value once a planner worker started the probe
 
 
 class Planner:
@@ -272,25 +270,17 @@ class Planner:
 
     def __init__(
         self,
-        redis: Redis,
+        registry: JobRegistry,
+        cache: PlanCache,
         celery: Celery,
         settings: Settings,
         workers: WorkerRegistry,
-        aredis: AsyncRedis | None = None,
     ) -> None:
-        self.redis, self.celery, self.settings, self.workers = redis, celery, settings, workers
-        self._aredis = aredis  # the API's submit path
-        self.keys = RedisKeys(settings.KEY_PREFIX)
-        self.registry = JobRegistry(redis, settings.KEY_PREFIX)
-        self.events = EventStream(redis, settings.KEY_PREFIX)
+        self.registry, self.cache, self.celery = registry, cache, celery
+        self.settings, self.workers = settings, workers
         self.classes = parse_classes(settings.MEMORY_CLASSES)
         # A probe never changes for its key (model + data shape): parsed once per process.
         self._parsed: dict[str, ProbeResult] = {}
-
-    @property
-    def aredis(self) -> AsyncRedis:
-        assert self._aredis is not None, "Planner was made without an asyncio client"
-        return self._aredis
 
     # --- the cache (PLAN_CACHE_TTL_S)
 
@@ -298,20 +288,19 @@ class Planner:
         """The probe of `key`, if one is cached."""
         if key in self._parsed:
             return self._parsed[key]
-        raw = self.redis.get(self.keys.plan_cache(key))
+        raw = self.cache.get(key)
         return None if raw is None else self._remember(key, raw)
 
     async def acached(self, key: str) -> ProbeResult | None:
         """cached() on the asyncio client."""
         if key in self._parsed:
             return self._parsed[key]
-        raw = await self.aredis.get(self.keys.plan_cache(key))
+        raw = await self.cache.aget(key)
         return None if raw is None else self._remember(key, raw)
 
     def store(self, key: str, found: ProbeResult) -> None:
         """Cache a probe for PLAN_CACHE_TTL_S."""
-        ttl = self.settings.PLAN_CACHE_TTL_S
-        self.redis.set(self.keys.plan_cache(key), found.model_dump_json(), ex=ttl)
+        self.cache.put(key, found.model_dump_json())
 
     def _remember(self, key: str, raw: bytes | str) -> ProbeResult:
         if len(self._parsed) >= 1024:
@@ -353,34 +342,28 @@ class Planner:
         """Ask a planner worker for the probe, unless one is already on it; counts against
         the owner's PLAN_PROBES_PER_MINUTE (in Redis: shared by every API replica). True
         when other probes wait for a planner slot before it (it cannot end in time)."""
-        inflight = self.keys.plan_inflight(shape.key)
         ttl = max(1, int(self.settings.PLAN_TIMEOUT_S))
-        if not await self.aredis.set(inflight, owner, nx=True, ex=ttl):
+        if not await self.cache.aclaim(shape.key, owner, ttl):
             return False  # being probed: wait for that one
-        rate = self.keys.plan_rate(owner)
-        pipe = self.aredis.pipeline(transaction=False)
-        pipe.set(rate, 0, nx=True, ex=60)  # a fixed one-minute window from the first probe
-        pipe.incr(rate)
-        pipe.ttl(rate)
-        _, count, left = await pipe.execute()
+        count, left = await self.cache.acount_request(owner)
         if count > self.settings.PLAN_PROBES_PER_MINUTE:
-            await self.aredis.delete(inflight)
-            raise ProbeRateLimited(owner, self.settings.PLAN_PROBES_PER_MINUTE, max(1, left))
+            await self.cache.arelease(shape.key)
+            raise ProbeRateLimited(owner, self.settings.PLAN_PROBES_PER_MINUTE, left)
         args = [shape.key, shape.spec.model_dump(mode="json"), list(shape.image), shape.classes]
         queue = plan_queue(self.settings.QUEUE)
-        ahead = await self.aredis.llen(queue)  # messages no planner slot has taken yet
+        ahead = await self.cache.abacklog(queue)
         await asyncio.to_thread(self.celery.send_task, PLAN_TASK, args=args, queue=queue)
         return bool(ahead)
 
     async def _await(self, key: str, budget_s: float) -> ProbeResult | None:
         """The probe if it ends within `budget_s`; None sooner when no planner worker has
         started it after PICKUP_S: every slot is busy, so it cannot end in time."""
-        started, inflight = time.monotonic(), self.keys.plan_inflight(key)
+        started = time.monotonic()
         while (found := await self.acached(key)) is None:
             waited = time.monotonic() - started
             if waited >= budget_s:
                 return None
-            if waited >= self.PICKUP_S and await self.aredis.get(inflight) != PROBING.encode():
+            if waited >= self.PICKUP_S and not await self.cache.ais_probing(key):
                 return None
             await asyncio.sleep(min(self.POLL_S, budget_s - waited))
         return found
@@ -388,11 +371,7 @@ class Planner:
     async def await_probe(self, key: str, job_id: str) -> None:
         """Put `job_id` on `key`'s waiting set: call before the job is stored, so the
         planner worker that ends the probe routes it (settle())."""
-        waiting = self.keys.plan_waiting(key)
-        pipe = self.aredis.pipeline(transaction=False)
-        pipe.sadd(waiting, job_id)
-        pipe.expire(waiting, max(60, int(self.settings.PLAN_TIMEOUT_S) + 60))
-        await pipe.execute()
+        await self.cache.await_probe(key, job_id, max(60, int(self.settings.PLAN_TIMEOUT_S) + 60))
 
     async def asettle_if_probed(self, key: str, job_id: str) -> bool:
         """After the job is stored: if the probe ended meanwhile (its planner may have looked
@@ -437,8 +416,7 @@ class Planner:
     ) -> dict[str, str]:
         """Route (or fail) every job waiting on `key`'s probe; `found` None routes them
         unplanned. Returns {job id: "routed" | "failed"} for the jobs this call settled."""
-        waiting = self.keys.plan_waiting(key)
-        ids = [_text(i) for i in self.redis.smembers(waiting)]
+        ids = self.cache.waiting(key)
         if not ids:
             return {}
         online = {w.memory_class for w in self.workers.online()}
@@ -447,7 +425,7 @@ class Planner:
             outcome = self.settle_job(job_id, key, found, online, unplanned)
             if outcome is not None:
                 done[job_id] = outcome
-        self.redis.srem(waiting, *ids)
+        self.cache.done_waiting(key, ids)
         return done
 
     def settle_job(
@@ -462,20 +440,21 @@ class Planner:
         message (if this process dies in between, the reconciler re-sends it); or fail it
         with NoClassFits's message. A status event records either. None when another
         process settled it first, or it was cancelled."""
-        found_fields = self.redis.hmget(self.keys.job(job_id), "status", "planning", "spec")
-        status, planning, raw = (None if f is None else _text(f) for f in found_fields)
-        if status != "queued" or planning != key or raw is None:
+        try:
+            job = self.registry.get(job_id)
+        except KeyError:
             return None
-        spec = JobSpecAdapter.validate_json(raw)
+        if job.status is not JobStatus.QUEUED or job.planning != key:
+            return None
         if online is None:
             online = {w.memory_class for w in self.workers.online()}
         try:
-            routing = self.route_with(spec, found, online, unplanned)
+            routing = self.route_with(job.spec, found, online, unplanned)
         except NoClassFits as exc:
-            if not self.registry.settle_planned(job_id, key, JobStatus.FAILED, error=exc.message):
-                return None
-            self._status_event(job_id, JobStatus.FAILED, exc.message)
-            return "failed"
+            event = status_event(reason=exc.message)
+            failed = JobStatus.FAILED
+            settled = self.registry.settle_planned(job_id, key, failed, event, error=exc.message)
+            return "failed" if settled else None
         queue = routing.queue or self.settings.QUEUE
         fields = {
             "queue": queue,
@@ -484,10 +463,10 @@ class Planner:
             "predicted_peak_gpu_bytes": routing.gpu_bytes,
         }
         routed = {k: v for k, v in fields.items() if v is not None}
-        if not self.registry.settle_planned(job_id, key, JobStatus.QUEUED, **routed):
+        event = status_event(reason=f"planned: {routing.reason}")
+        if not self.registry.settle_planned(job_id, key, JobStatus.QUEUED, event, **routed):
             return None
         enqueue_training(self.celery, job_id, queue)
-        self._status_event(job_id, JobStatus.QUEUED, f"planned: {routing.reason}")
         return "routed"
 
     def reconcile(self, job_id: str, key: str, waited_s: float) -> str | None:
@@ -502,9 +481,3 @@ class Planner:
             why = f"memory not predicted: no planner answered within {limit:g} s"
             return self.settle_job(job_id, key, None, unplanned=why)
         return None
-
-    def _status_event(self, job_id: str, state: JobStatus, reason: str) -> None:
-        event = JobEvent(
-            kind="status", time=time.time(), info={"status": state.value, "reason": reason}
-        )
-        self.events.publish(job_id, [event])

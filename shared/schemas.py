@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -20,6 +20,9 @@ from pydantic_core import PydanticCustomError
 
 from shared.status import JobStatus
 from shared.zoo import BUILTIN_DATASETS, MODELS
+
+if TYPE_CHECKING:
+    from shared.state.records import JobRecord
 
 # --- Job specs (input): what to train. extra="forbid" so a typo is a 422, not a silent default.
 # Numbers and flags are strict (Field(strict=True)): `"epochs": true` or `"epochs": "3"` is a
@@ -274,6 +277,12 @@ class JobPublic(BaseModel):
     pending: PendingInfo | None = Field(None, description="Queued jobs only: why it waits")
     error: str | None = None
     result: dict[str, Any] | None = None
+
+    @classmethod
+    def from_record(cls, record: JobRecord, pending: PendingInfo | None = None) -> JobPublic:
+        """The public view of a stored job (shared/state/records.py), with why it waits."""
+        public = record.model_dump(include=set(cls.model_fields) - {"pending"})
+        return cls.model_validate({**public, "pending": pending})
 
     @property
     def being_planned(self) -> bool:

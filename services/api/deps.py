@@ -12,19 +12,19 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redis.asyncio import Redis as AsyncRedis
 
 from services.api.errors import ApiProblem
 from shared.auth import Principal, TokenTable
 from shared.catalog import DatasetCatalog
 from shared.config import Settings
-from shared.events import EventStream
-from shared.jobs import JOB_ID, JobRegistry
 from shared.logs import current_job
 from shared.planning import Planner
 from shared.schemas import UPLOADED_DATASET
+from shared.state.events import EventStream
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.state.records import JOB_ID
 from shared.storage import ArtifactStore
-from shared.workers import WorkerRegistry
 
 bearer = HTTPBearer(auto_error=False, description="An owner's API token")
 
@@ -38,7 +38,6 @@ class Services:
     registry: JobRegistry
     events: EventStream
     workers: WorkerRegistry
-    aredis: AsyncRedis  # the hot paths' reads and writes, and SSE's blocking reads
     store: ArtifactStore
     catalog: DatasetCatalog
     celery: Celery
@@ -75,10 +74,6 @@ async def get_catalog(request: Request) -> DatasetCatalog:
 
 async def get_workers(request: Request) -> WorkerRegistry:
     return services(request).workers
-
-
-async def get_async_redis(request: Request) -> AsyncRedis:
-    return services(request).aredis
 
 
 async def get_principal(
@@ -123,7 +118,6 @@ EventsDep = Annotated[EventStream, Depends(get_events)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CatalogDep = Annotated[DatasetCatalog, Depends(get_catalog)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
-AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 JobIdDep = Annotated[str, Depends(job_context)]
 DatasetIdDep = Annotated[str, Depends(dataset_path_id)]

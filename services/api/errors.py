@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from shared.catalog import DatasetNotFound
-from shared.jobs import JobNotFound
 from shared.schemas import ErrorBody, ErrorResponse
+from shared.state.records import JobNotFound
 from shared.status import IllegalTransition
 
 log = logging.getLogger(__name__)

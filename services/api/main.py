@@ -11,19 +11,20 @@ from services.api import errors, openapi
 from services.api.deps import Services
 from services.api.limits import JSON, MULTIPART, BodyRule, RequestGuard
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
+from services.api.reconciler import Reconciler
 from services.api.routes import datasets, health, jobs, ui
 from services.api.routes import workers as worker_routes
 from shared.auth import TokenTable
 from shared.broker import make_celery
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_async_redis, connect_redis, get_settings
-from shared.events import EventStream
-from shared.jobs import JobRegistry
 from shared.logs import setup_json_logging
 from shared.planning import Planner
-from shared.reconciler import Reconciler
+from shared.state.events import EventStream
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.state.plans import PlanCache
 from shared.storage import S3ArtifactStore
-from shared.workers import WorkerRegistry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         setup_json_logging()
         redis, aredis = connect_redis(settings), connect_async_redis(settings)
         registry = JobRegistry(redis, settings.KEY_PREFIX, aredis)
-        events = EventStream(redis, settings.KEY_PREFIX)
+        events = EventStream(redis, settings.KEY_PREFIX, aredis)
+        plans = PlanCache(redis, settings.KEY_PREFIX, settings.PLAN_CACHE_TTL_S, aredis)
         workers = WorkerRegistry(redis, settings.KEY_PREFIX, aredis)
         store = S3ArtifactStore.from_settings(settings)
         celery = make_celery(settings)
@@ -45,15 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=registry,
             events=events,
             workers=workers,
-            aredis=aredis,
             store=store,
             catalog=DatasetCatalog(redis, store, settings.KEY_PREFIX, settings),
             celery=celery,
-            planner=Planner(redis, celery, settings, workers, aredis),
+            planner=Planner(registry, plans, celery, settings, workers),
         )
         collector = JobsCollector(registry, workers, settings)
         REGISTRY.register(collector)
-        reconciler = Reconciler(registry, events, celery, settings)
+        reconciler = Reconciler(app.state.services.planner, celery, settings)
         reconciler.start()
         yield
         reconciler.stop()

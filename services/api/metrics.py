@@ -12,10 +12,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.broker import queue_depth
 from shared.config import Settings
-from shared.jobs import JobRegistry, _text
 from shared.planning import all_queues
-from shared.workers import WorkerRegistry
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.status import JobStatus
 
 log = logging.getLogger("trainyard.access")
 REGISTRY = CollectorRegistry()
@@ -44,8 +46,7 @@ class JobsCollector(Collector):
         self.registry, self.workers, self.settings = registry, workers, settings
 
     def collect(self) -> Iterator[Metric]:
-        redis = self.registry.redis
-        stats = {_text(k): int(v) for k, v in redis.hgetall(self.registry.keys.stats()).items()}
+        stats = self.registry.stats()
         submitted = CounterMetricFamily("trainyard_jobs_submitted", "Jobs submitted, all replicas")
         submitted.add_metric([], stats.get("submitted", 0))
         yield submitted
@@ -59,19 +60,16 @@ class JobsCollector(Collector):
             "trainyard_queue_depth", "Messages waiting, by queue", labels=["queue"]
         )
         for queue in all_queues(self.settings):
-            depth.add_metric([queue], redis.llen(queue))
+            depth.add_metric([queue], queue_depth(self.registry.redis, queue))
         yield depth
-        pipe = redis.pipeline()
-        for job_id in self.registry.active_ids():
-            pipe.hget(self.registry.keys.job(job_id), "status")
-        states = [_text(s) for s in pipe.execute() if s]
+        states = [job.status for job in self.registry.active()]
         jobs = GaugeMetricFamily(
             "trainyard_jobs", "Jobs not yet finished, by status", labels=["status"]
         )
         for state in ("queued", "running"):
-            jobs.add_metric([state], states.count(state))
+            jobs.add_metric([state], states.count(JobStatus(state)))
         yield jobs
-        errors = [float(e) for e in self._recent("memory_prediction_error") if e]
+        errors = [float(e) for (e,) in self.registry.recent("memory_prediction_error") if e]
         prediction = GaugeMetricFamily(
             "trainyard_memory_prediction_abs_error",
             "Mean |predicted - measured| / measured peak step memory, recent finished jobs",
@@ -91,14 +89,6 @@ class JobsCollector(Collector):
         workers.add_metric(["busy"], sum(1 for w in online if w.busy_with))
         workers.add_metric(["idle"], sum(1 for w in online if not w.busy_with))
         yield workers
-
-    def _recent(self, field: str, sample: int = 50) -> list[str]:
-        redis = self.registry.redis
-        ids = redis.zrevrange(self.registry.keys.jobs_by_time(), 0, sample - 1)
-        pipe = redis.pipeline()
-        for job_id in ids:
-            pipe.hget(self.registry.keys.job(_text(job_id)), field)
-        return [_text(v) for v in pipe.execute() if v]
 
 
 class TimingMiddleware:

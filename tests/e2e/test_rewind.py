@@ -16,9 +16,11 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from devstack.stack import Stack
-from shared.events import EventStream
-from shared.jobs import JobRegistry, Lease
 from shared.schemas import ClassifierSpec, EventKind, JobEvent
+from shared.state.events import EventStream
+from shared.state.jobs import JobRegistry
+from shared.state.leases import Lease
+from shared.state.records import status_event
 from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.e2e.browser import UI_TIMEOUT_MS, open_job, shot, sign_in
@@ -33,7 +35,7 @@ class Held:
         self.events = EventStream(redis)
         spec = ClassifierSpec(max_steps=20, log_every=1, checkpoint_every=5, sample_every=5)
         self.id = self.registry.create(spec, "dev").id  # no queue message: no worker takes it
-        got = self.registry.acquire(self.id, "e2e-rewind", ttl_s=600, max_attempts=5)
+        got = self.registry.leases.acquire(self.id, "e2e-rewind", ttl_s=600, max_attempts=5)
         assert got.lease is not None
         self.lease: Lease = got.lease
 
@@ -53,7 +55,6 @@ class Held:
         self.events.publish(self.id, [event])
 
     def attempt_1_dies_at_15(self) -> None:
-        self.emit("status", 0, 1, status="running")
         self.emit("log", 0, 1, total_steps=20, resumed_from=0, device="cpu")
         for step in range(1, 16):
             self.emit("step", step, 1)
@@ -62,8 +63,8 @@ class Held:
                 self.emit("sample", step, 1)
 
     def end(self) -> None:
-        self.registry.transition(self.id, JobStatus.CANCELLED, self.lease, release=True)
-        self.emit("status", 0, 2, status="cancelled")
+        event = status_event(2, reason="test over")
+        self.registry.transition(self.id, JobStatus.CANCELLED, event, self.lease, release=True)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from redis import Redis
 from devstack.stack import Stack, StackConfig
 from shared.auth import new_token
 from shared.client import Client
-from shared.jobs import JobRegistry
+from shared.state.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
 from tests.stack_plugin import client_for, running_stack
 

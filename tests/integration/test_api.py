@@ -16,8 +16,8 @@ import pytest
 from devstack.stack import Stack
 from shared.client import ApiError, Client
 from shared.schemas import JobEvent
+from shared.state.heartbeats import WorkerRegistry
 from shared.status import JobStatus
-from shared.workers import WorkerRegistry
 from tests.conftest import wait_for
 from tests.integration.conftest import QUEUE_CAP, USERS
 

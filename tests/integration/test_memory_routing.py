@@ -15,8 +15,8 @@ import pytest
 from devstack.stack import Stack, StackConfig
 from shared.client import ApiError, Client
 from shared.schemas import JobPublic, PendingInfo
+from shared.state.heartbeats import WorkerRegistry
 from shared.status import JobStatus
-from shared.workers import WorkerRegistry
 from tests.conftest import wait_for
 from tests.stack_plugin import client_for, running_stack
 

@@ -103,7 +103,7 @@ def test_metrics_stream_has_every_epoch(client: Client, finished: str) -> None:
     assert [e.step for e in steps] == sorted(e.step for e in steps)
     assert all({"loss", "images_per_s"} <= set(e.metrics) for e in steps)
     statuses = [e.info["status"] for e in events if e.kind == "status"]
-    assert statuses == ["running", "succeeded"]
+    assert statuses == ["queued", "running", "succeeded"]  # submitted: its first event
     assert client.metrics(finished, kind="epoch") == epochs
     # `after` resumes from a stream id without repeats
     assert client.metrics(finished, after=events[4].id) == events[5:]

@@ -21,10 +21,11 @@ from redis import Redis
 from devstack.stack import Stack, StackConfig
 from shared.auth import new_token
 from shared.client import ApiError, Client
-from shared.events import EventStream
-from shared.jobs import JobRegistry, RedisKeys
 from shared.planning import plan_key, plan_queue
 from shared.schemas import JobPublic, JobSpecAdapter
+from shared.state.events import EventStream
+from shared.state.jobs import JobRegistry
+from shared.state.keys import RedisKeys
 from shared.status import JobStatus
 from shared.zoo import BUILTIN_DATASETS
 from tests.conftest import wait_for

@@ -11,8 +11,9 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared.jobs import JobRegistry, QueueFull
 from shared.schemas import ClassifierSpec
+from shared.state.jobs import JobRegistry
+from shared.state.records import QueueFull, status_event
 from shared.status import JobStatus
 
 
@@ -29,21 +30,21 @@ def test_place_in_line_follows_every_way_in_and_out_of_queued(reg: JobRegistry) 
     ids = [reg.create(ClassifierSpec(), "ann").id for _ in range(4)]
     assert _positions(reg, ids) == [1, 2, 3, 4]
 
-    lease = reg.acquire(ids[0], "w1", ttl_s=0.2, max_attempts=5).lease  # a worker takes it
+    lease = reg.leases.acquire(ids[0], "w1", ttl_s=0.2, max_attempts=5).lease  # a worker takes it
     assert lease is not None
-    reg.transition(ids[2], JobStatus.CANCELLED)  # cancelled while queued
+    reg.transition(ids[2], JobStatus.CANCELLED, status_event())  # cancelled while queued
     assert _positions(reg, ids) == [None, 1, None, 2]
 
     reg.redis.delete(reg.keys.lease(ids[0]))  # its worker died: the job goes back in line
-    assert reg.reclaim(ids[0])
+    assert reg.reclaim(ids[0], status_event(1))
     assert _positions(reg, ids) == [3, 1, None, 2]
 
-    lease = reg.acquire(ids[0], "w2", ttl_s=30, max_attempts=5).lease
+    lease = reg.leases.acquire(ids[0], "w2", ttl_s=30, max_attempts=5).lease
     assert lease is not None
-    reg.transition(ids[0], JobStatus.QUEUED, lease, release=True)  # handed back on shutdown
+    reg.transition(ids[0], JobStatus.QUEUED, status_event(2), lease, release=True)  # shutdown
     assert _positions(reg, ids) == [3, 1, None, 2]
 
-    reg.acquire(ids[1], "w3", ttl_s=30, max_attempts=5)
+    reg.leases.acquire(ids[1], "w3", ttl_s=30, max_attempts=5)
     assert _positions(reg, ids) == [2, None, None, 1]
 
 
@@ -59,7 +60,7 @@ def test_owner_cap_counts_only_queued_jobs(reg: JobRegistry) -> None:
     with pytest.raises(QueueFull):
         reg.create(ClassifierSpec(), "bob", max_queued=2)
     reg.create(ClassifierSpec(), "carol", max_queued=2)  # another owner's line is separate
-    reg.acquire(ids[0], "w1", ttl_s=30, max_attempts=5)  # running no longer counts
+    reg.leases.acquire(ids[0], "w1", ttl_s=30, max_attempts=5)  # running no longer counts
     reg.create(ClassifierSpec(), "bob", max_queued=2)
     with pytest.raises(QueueFull):
         reg.create(ClassifierSpec(), "bob", max_queued=2)
@@ -76,9 +77,9 @@ def test_recent_durations_feed_etas_and_are_reused_for_a_while(
 
     def finish(reg: JobRegistry) -> None:
         job_id = reg.create(ClassifierSpec(), "ann").id
-        lease = reg.acquire(job_id, "w1", ttl_s=30, max_attempts=5).lease
+        lease = reg.leases.acquire(job_id, "w1", ttl_s=30, max_attempts=5).lease
         assert lease is not None
-        reg.transition(job_id, JobStatus.SUCCEEDED, lease)
+        reg.transition(job_id, JobStatus.SUCCEEDED, status_event(1), lease)
 
     async def scenario() -> list[list[float]]:
         async with AsyncRedis(port=port, password=password) as aredis:

@@ -15,8 +15,9 @@ from redis import Redis
 
 from devstack.stack import Stack
 from shared.broker import _job_id_of, enqueue_training, make_celery, training_message
-from shared.jobs import JobRegistry, QueueFull
 from shared.schemas import ClassifierSpec
+from shared.state.jobs import JobRegistry
+from shared.state.records import QueueFull
 
 PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag"}  # fresh uuids each time
 

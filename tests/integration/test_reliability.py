@@ -21,9 +21,9 @@ from redis import Redis
 
 from devstack.stack import Process, Stack, StackConfig
 from shared.client import Client
-from shared.jobs import JobRegistry
 from shared.planning import predict
 from shared.schemas import CheckpointManifest, JobEvent, JobPublic, JobSpecAdapter
+from shared.state.jobs import JobRegistry
 from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.conftest import wait_for
@@ -131,7 +131,7 @@ def test_kill_9_after_first_checkpoint_resumes_on_another_worker(
     chaos: Stack, api: Client, reg: JobRegistry, s3: Minio
 ) -> None:
     job = api.submit(LONG)
-    wait_for(lambda: int(reg.field(job.id, "checkpoint_step") or 0) >= 250, 120, "a checkpoint")
+    wait_for(lambda: (reg.get(job.id).checkpoint_step or 0) >= 250, 120, "a checkpoint")
     victim = worker_of(chaos, api.get(job.id))
     victim.signal(signal.SIGKILL)  # the whole worker, no goodbye
     done = api.wait(job.id, timeout=180)
@@ -140,7 +140,7 @@ def test_kill_9_after_first_checkpoint_resumes_on_another_worker(
     resumed = starts(api, job.id)[1].info["resumed_from"]
     assert resumed >= 250 and resumed % 250 == 0  # continued from a checkpoint, not from 0
     no_gaps(api, job.id, 25, 4000)
-    acquired = [e for e in reg.lease_history(job.id) if e["event"] == "acquired"]
+    acquired = [e for e in reg.leases.history(job.id) if e["event"] == "acquired"]
     assert [int(e["fence"]) for e in acquired] == [1, 2]
     assert [s["status"] for s in statuses(api, job.id)].count("succeeded") == 1
     finals = [
@@ -159,7 +159,7 @@ def test_redelivered_message_is_dropped_while_the_lease_is_held(
     job = api.submit({**LONG, "epochs": 2})
     done = api.wait(job.id, timeout=240)
     assert done.status is JobStatus.SUCCEEDED, done.error
-    history = reg.lease_history(job.id)
+    history = reg.leases.history(job.id)
     acquired = [e for e in history if e["event"] == "acquired"]
     dropped = [e for e in history if e["event"] == "dropped"]
     assert len(acquired) == 1 and done.attempts == 1
@@ -178,7 +178,9 @@ def test_sigterm_mid_epoch_checkpoints_requeues_and_resumes(
     sent = time.time()
     victim.signal(signal.SIGTERM, group=False)  # like Kubernetes: PID 1 only
     assert victim.wait_exit(GRACE_S), "worker did not shut down within the grace period"
-    requeued = next(e for e in api.metrics(job.id, kind="status") if e.info["status"] == "queued")
+    queued = [e for e in api.metrics(job.id, kind="status") if e.info["status"] == "queued"]
+    assert queued[0].info["reason"] == "submitted"
+    requeued = queued[1]
     assert requeued.info["reason"] == "worker shutting down" and requeued.time - sent < GRACE_S
     done = api.wait(job.id, timeout=180)
     assert done.status is JobStatus.SUCCEEDED, done.error
@@ -235,7 +237,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(
     chaos: Stack, api: Client, reg: JobRegistry, s3: Minio
 ) -> None:
     job = api.submit(LONG)
-    wait_for(lambda: int(reg.field(job.id, "checkpoint_step") or 0) >= 500, 120, "two checkpoints")
+    wait_for(lambda: (reg.get(job.id).checkpoint_step or 0) >= 500, 120, "two checkpoints")
     worker_of(chaos, api.get(job.id)).signal(signal.SIGKILL)
     keys = JobKeys(job.id)
     manifest = CheckpointManifest.model_validate_json(

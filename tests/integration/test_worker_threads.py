@@ -20,7 +20,7 @@ import pytest
 
 from devstack.stack import Stack, StackConfig
 from shared.schemas import ClassifierSpec
-from shared.workers import FORGET_AFTER_S, ONLINE_WITHIN_S, WorkerRegistry
+from shared.state.heartbeats import FORGET_AFTER_S, ONLINE_WITHIN_S, WorkerRegistry
 from tests.conftest import wait_for
 from tests.stack_plugin import client_for, running_stack
 

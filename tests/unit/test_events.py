@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.events import KeptHistory
 from shared.schemas import ClassifierSpec, EventKind, JobEvent
+from shared.state.events import KeptHistory
 from shared.storage import LocalArtifactStore
 from workers.trainer.fit import fit
 from workers.trainer.run import JobStopped, LocalRun, StopReason

@@ -57,11 +57,16 @@ def test_fit_writes_every_artifact_and_event(tmp_path: Path) -> None:
     assert summary.steps == 16 and summary.epochs == 2
     keys = {o.key for o in run.store.list_prefix("jobs/smoke/")}
     for step in (3, 6, 9, 12, 15, 16):
-        assert run.keys.checkpoint(step) in keys
+        assert run.objects.checkpoint(step) in keys
     for step in (4, 8, 12, 16):
-        assert run.keys.sample(step) in keys
-    assert {run.keys.manifest, run.keys.final_model, run.keys.summary, run.keys.memory} <= keys
-    assert JobSummary.model_validate_json(run.store.get_bytes(run.keys.summary)) == summary
+        assert run.objects.sample(step) in keys
+    assert {
+        run.objects.manifest,
+        run.objects.final_model,
+        run.objects.summary,
+        run.objects.memory,
+    } <= keys
+    assert JobSummary.model_validate_json(run.store.get_bytes(run.objects.summary)) == summary
 
     kinds = [e.kind for e in run.events]
     assert kinds.count("epoch") == 2
@@ -79,7 +84,7 @@ def test_fit_writes_every_artifact_and_event(tmp_path: Path) -> None:
 def test_final_model_reproduces_reported_accuracy(tmp_path: Path) -> None:
     run = Run.local(tmp_path, job_id="acc")
     summary = fit(SMOKE, run)
-    saved = checkpoint.from_bytes(run.store.get_bytes(run.keys.final_model))
+    saved = checkpoint.from_bytes(run.store.get_bytes(run.objects.final_model))
     model = build_model(saved["model_name"])
     model.load_state_dict(saved["state_dict"])
     data = load_dataset("fake")
@@ -93,14 +98,14 @@ def test_cancel_stops_at_the_step_without_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(JobStopped) as info:
         fit(SMOKE.model_copy(update={"log_every": 1}), run)
     assert info.value.step == 5 and info.value.reason == "cancel"
-    assert not run.store.exists(run.keys.checkpoint(5))
+    assert not run.store.exists(run.objects.checkpoint(5))
 
 
 def test_shutdown_checkpoints_the_step_it_stops_at(tmp_path: Path) -> None:
     run = StopAt(LocalArtifactStore(tmp_path), 5, "shutdown")
     with pytest.raises(JobStopped):
         fit(SMOKE, run)
-    manifest = checkpoint.read_manifest(run.store, run.keys)
+    manifest = checkpoint.read_manifest(run.store, run.objects)
     assert manifest is not None and manifest.step == 5
 
 
@@ -122,7 +127,7 @@ def test_resume_continues_the_step_count_with_identical_weights(tmp_path: Path) 
     assert min(e.step for e in resumed.events if e.kind == "step") == 6
 
     def weights(run: Run) -> dict[str, torch.Tensor]:
-        return checkpoint.from_bytes(run.store.get_bytes(run.keys.final_model))["state_dict"]
+        return checkpoint.from_bytes(run.store.get_bytes(run.objects.final_model))["state_dict"]
 
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -194,9 +199,9 @@ def test_sample_grids_are_the_pngs_save_image_would_write(tmp_path: Path) -> Non
     with run:
         run.sample(7, 0, grid)
         run.drain()
-    written = Image.open(io.BytesIO(run.store.get_bytes(run.keys.sample(7))))
+    written = Image.open(io.BytesIO(run.store.get_bytes(run.objects.sample(7))))
     expected = io.BytesIO()
     save_image(grid, expected, format="png")
     assert written.mode == "RGB" and written.size == (grid.shape[2], grid.shape[1])
     assert np.array_equal(np.asarray(written), np.asarray(Image.open(expected)))
-    assert [e.info["key"] for e in run.events if e.kind == "sample"] == [run.keys.sample(7)]
+    assert [e.info["key"] for e in run.events if e.kind == "sample"] == [run.objects.sample(7)]

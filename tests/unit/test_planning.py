@@ -25,7 +25,9 @@ from shared.planning import (
     upper_envelope,
 )
 from shared.schemas import JobSpecAdapter
-from shared.workers import WorkerRegistry
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.state.plans import PlanCache
 from workers.trainer.memory import profile_tensor_peak
 from workers.trainer.probe import _synthetic, probe
 from workers.trainer.recipes import make_recipe
@@ -158,7 +160,8 @@ def test_the_canonical_probe_predicts_the_cropped_and_resized_step() -> None:
 def test_a_device_no_class_serves_is_refused_before_any_probe() -> None:
     settings = Settings(_env_file=None, MEMORY_CLASSES="cpu:16")
     redis = Redis(port=1)  # never connected: nothing here may need Redis or a planner
-    planner = Planner(redis, Celery(), settings, WorkerRegistry(redis))
+    cache = PlanCache(redis, "trainyard", 60)
+    planner = Planner(JobRegistry(redis), cache, Celery(), settings, WorkerRegistry(redis))
     cuda = JobSpecAdapter.validate_python({"task": "classifier", "device": "cuda"})
     with pytest.raises(NoClassFits) as info:
         planner.check_possible(cuda)

@@ -157,7 +157,7 @@ def test_channels_last_training_lowers_the_loss_and_checkpoints_load_anywhere(
     losses = _losses(run)
     assert losses[-1] < 0.7 * losses[0], losses
     # The final weights load into a plain model and give the accuracy the run reported.
-    saved = checkpoint.from_bytes(run.store.get_bytes(run.keys.final_model))
+    saved = checkpoint.from_bytes(run.store.get_bytes(run.objects.final_model))
     model = build_model("book_cnn")
     model.load_state_dict(saved["state_dict"])
     data = load_dataset("mnist-5k")
@@ -190,9 +190,9 @@ def test_compile_keeps_checkpoints_interchangeable_with_eager_runs(tmp_path: Pat
     assert all(0 < v < 10 for v in _losses(resumed))
 
     expected = set(build_model("book_mlp").state_dict())
-    state = checkpoint.from_bytes(crashed.store.get_bytes(resumed.keys.checkpoint(10)))
+    state = checkpoint.from_bytes(crashed.store.get_bytes(resumed.objects.checkpoint(10)))
     assert set(state["model"]) == expected
-    final = checkpoint.from_bytes(crashed.store.get_bytes(resumed.keys.final_model))
+    final = checkpoint.from_bytes(crashed.store.get_bytes(resumed.objects.final_model))
     assert set(final["state_dict"]) == expected
     plain = make_recipe(eager, load_dataset("mnist-5k"), CPU)
     plain.load_state_dict(state)  # strict: every key matches

@@ -22,10 +22,9 @@ from celery.utils.nodenames import default_nodename
 
 from shared.broker import make_celery
 from shared.config import connect_redis, get_settings
-from shared.jobs import RedisKeys
 from shared.logs import setup_json_logging
 from shared.planning import parse_classes, queue_for
-from shared.workers import WorkerRegistry
+from shared.state.heartbeats import WorkerRegistry
 from workers.trainer import cpu
 from workers.trainer.identity import node_name
 
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
 app.conf.include = ["workers.trainer.tasks"]
-keys = RedisKeys(settings.KEY_PREFIX)
 
 
 @setup_logging.connect
@@ -144,7 +142,7 @@ def _consume_class_queue(sender: Any = None, instance: Any = None, **_: Any) -> 
 @worker_ready.connect
 def _clear_drain(sender: Any = None, **_: Any) -> None:
     # A restarted worker reuses its name: forget the previous process's drain.
-    connect_redis(settings).delete(keys.worker_draining(str(sender.hostname)))
+    _registry().clear_drain(str(sender.hostname))
 
 
 @worker_shutting_down.connect
@@ -152,9 +150,7 @@ def _drain(sender: Any = None, **_: Any) -> None:
     """SIGTERM (Kubernetes drain, scale-in): tell this worker's running job to checkpoint at
     its next step and hand itself back to the queue, well within the grace period."""
     worker = str(sender)
-    redis = connect_redis(settings)
-    redis.set(keys.worker_draining(worker), "1", ex=int(settings.SHUTDOWN_GRACE_S) + 60)
-    redis.publish(keys.worker_control(worker), "drain")
+    _registry().request_drain(worker, settings.SHUTDOWN_GRACE_S + 60)
     log.info("worker %s draining: running jobs will checkpoint and requeue", worker)
 
 

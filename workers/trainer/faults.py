@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from shared.jobs import JobRegistry, _text
-from shared.schemas import JobPublic
+from shared.state.jobs import JobRegistry
+from shared.state.records import JobRecord
 
 
 @dataclass(frozen=True)
@@ -34,11 +33,10 @@ class FaultPlan:
             raise error
 
 
-def load_plan(registry: JobRegistry, job: JobPublic, attempt: int) -> FaultPlan | None:
+def load_plan(registry: JobRegistry, job: JobRecord, attempt: int) -> FaultPlan | None:
     if not job.spec.name:
         return None
-    stored: dict[Any, Any] = registry.redis.hgetall(registry.keys.faults(job.spec.name))
-    raw = {_text(k): _text(v) for k, v in stored.items()}
+    raw = registry.fault_plan(job.spec.name)
     if not raw:
         return None
     attempts = raw.get("attempts")

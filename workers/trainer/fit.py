@@ -112,11 +112,11 @@ def _write_results(run: Run, recipe: Recipe, summary: JobSummary, cuda_table: st
     """final/model.pt, reports (confusion matrix), memory.json (+ the CUDA table), summary."""
     run.put_model(recipe.export())
     for name, (payload, content_type) in recipe.reports().items():
-        run.store.put_bytes(run.keys.report(name), payload, content_type)
-    run.put_json(run.keys.memory, summary.memory)
+        run.store.put_bytes(run.objects.report(name), payload, content_type)
+    run.put_json(run.objects.memory, summary.memory)
     if cuda_table is not None:
-        run.put_text(run.keys.memory_summary, cuda_table)
-    run.put_json(run.keys.summary, summary)
+        run.put_text(run.objects.memory_summary, cuda_table)
+    run.put_json(run.objects.summary, summary)
 
 
 def _state(recipe: Recipe, step: int, epoch: int) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Run one job on this worker: take its lease, call fit(), and end the job in the right state.
 
-Every write is fenced by the lease (shared/jobs.py); a LeaseKeeper thread renews the lease and
-turns cancel requests, worker drains and a lost lease into the run's stop reason."""
+Every write is fenced by the lease (shared/state/leases.py); a LeaseKeeper thread renews the
+lease and turns cancel requests, worker drains and a lost lease into the run's stop reason."""
 
 from __future__ import annotations
 
@@ -15,19 +15,21 @@ from typing import Any
 
 import psutil
 import torch
-from redis import Redis
 
 from shared import planning
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_redis
-from shared.events import EventStream
-from shared.jobs import JobRegistry, Lease, LeaseLost, utcnow
 from shared.logs import current_job
 from shared.planning import GIB
-from shared.schemas import JobEvent, JobPublic, JobSpec
+from shared.schemas import JobEvent, JobSpec
+from shared.state.events import EventStream
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.state.leases import Lease, LeaseLost
+from shared.state.plans import PlanCache
+from shared.state.records import JobRecord, status_event, utcnow
 from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
-from shared.workers import WorkerRegistry
 from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.fit import fit
 from workers.trainer.probe import probe
@@ -53,8 +55,7 @@ class LeasedRun(Run):
 
     def before_commit(self, step: int) -> None:
         # A worker that lost its lease must not move latest.json: check just before writing.
-        if self.executor.registry.holder(self.job_id) != self.lease.token:
-            raise LeaseLost(f"job {self.job_id}: lease {self.lease.token} is no longer held")
+        self.executor.registry.leases.check(self.lease)
 
     def after_commit(self, step: int) -> None:
         # The record names a checkpoint only once it is committed: what a successor resumes from.
@@ -82,19 +83,14 @@ class LeaseKeeper:
 
     def __init__(self, executor: JobExecutor, run: LeasedRun) -> None:
         self.executor, self.run = executor, run
-        keys = executor.registry.keys
-        self.channels = {
-            keys.control(run.job_id): "cancel",
-            keys.worker_control(executor.worker): "shutdown",
-        }
+        self.signals = executor.registry.signals(run.job_id, executor.worker)
         self._done = threading.Event()
-        self._pubsub = executor.registry.redis.pubsub(ignore_subscribe_messages=True)
         self._thread = threading.Thread(
             target=self._loop, name=f"control-{run.job_id}", daemon=True
         )
 
     def __enter__(self) -> LeaseKeeper:
-        self._pubsub.subscribe(*self.channels)
+        self.signals.subscribe()
         self._busy(self.run.job_id)
         self._thread.start()
         return self
@@ -105,28 +101,25 @@ class LeaseKeeper:
         )
 
     def _loop(self) -> None:
-        registry, lease, ttl = (
-            self.executor.registry,
-            self.run.lease,
-            self.executor.settings.LEASE_TTL_S,
-        )
+        registry, workers = self.executor.registry, self.executor.workers
+        lease, ttl = self.run.lease, self.executor.settings.LEASE_TTL_S
         next_renew = next_check = 0.0  # check at once: a cancel may predate the subscription
         while not self._done.is_set():
             try:
-                message = self._pubsub.get_message(timeout=0.25)
-                if message and message["data"] in (b"cancel", b"drain"):
-                    self.run.request_stop("cancel" if message["data"] == b"cancel" else "shutdown")
+                signal = self.signals.next(timeout_s=0.25)
+                if signal is not None:
+                    self.run.request_stop(signal)
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0
                     if registry.cancel_requested(lease.job_id):
                         self.run.request_stop("cancel")
-                    if registry.redis.exists(registry.keys.worker_draining(self.executor.worker)):
+                    if workers.draining(self.executor.worker):
                         self.run.request_stop("shutdown")
                 if now >= next_renew:
                     next_renew = now + ttl / 3
                     self._busy(lease.job_id)
-                    if not registry.renew(lease, ttl):
+                    if not registry.leases.renew(lease, ttl):
                         log.warning("job %s: lease %s lost", lease.job_id, lease.token)
                         self.run.request_stop("lease_lost")
             except Exception:  # Redis restarting: keep trying; the lease outlives short outages
@@ -136,7 +129,7 @@ class LeaseKeeper:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._done.set()
         self._thread.join(timeout=5)
-        self._pubsub.close()
+        self.signals.close()
         self._busy(None)
 
 
@@ -146,9 +139,10 @@ class JobExecutor:
     def __init__(
         self, settings: Settings, worker: str, enqueue: Callable[[str, str], None]
     ) -> None:
-        redis: Redis = connect_redis(settings)
+        redis = connect_redis(settings)
         self.settings, self.worker, self.enqueue = settings, worker, enqueue
         self.registry = JobRegistry(redis, settings.KEY_PREFIX)
+        self.plans = PlanCache(redis, settings.KEY_PREFIX, settings.PLAN_CACHE_TTL_S)
         self.events = EventStream(redis, settings.KEY_PREFIX)
         self.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
@@ -159,7 +153,7 @@ class JobExecutor:
         """Train the job if this worker can take it; returns the job's status afterwards."""
         current_job.set(job_id)  # every log line of this job carries its id
         s = self.settings
-        got = self.registry.acquire(job_id, self.worker, s.LEASE_TTL_S, s.MAX_ATTEMPTS)
+        got = self.registry.leases.acquire(job_id, self.worker, s.LEASE_TTL_S, s.MAX_ATTEMPTS)
         if got.outcome == "exhausted":
             return self._give_up(job_id, int(got.detail))
         if got.lease is None:  # held by a live worker (a redelivery), finished, or unknown
@@ -169,7 +163,6 @@ class JobExecutor:
             return JobStatus.RUNNING if got.outcome == "held" else JobStatus.FAILED
         lease, job = got.lease, self.registry.get(job_id)
         log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
-        self._status_event(job_id, JobStatus.RUNNING, lease.attempt, fence=lease.fence)
         faults = load_plan(self.registry, job, lease.attempt) if s.FAULT_INJECTION else None
         self.current = run = LeasedRun(self, lease, faults)
         run.predicted_peak_bytes = self._predicted(job)
@@ -211,14 +204,14 @@ class JobExecutor:
             return self._requeue(lease, "worker shutting down", requeues=1)
         return JobStatus.RUNNING  # lease lost: nothing of ours to write
 
-    def _after_oom(self, lease: Lease, job: JobPublic, exc: torch.OutOfMemoryError) -> JobStatus:
+    def _after_oom(self, lease: Lease, job: JobRecord, exc: torch.OutOfMemoryError) -> JobStatus:
         """Free the memory, pick the largest micro-batch the planner predicts will fit in the
         memory there is (not blind halving), and requeue: the next start resumes from the last
         checkpoint with gradient accumulation (same effective batch) and counts as an attempt."""
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        current = job.micro_batch_size or job.spec.batch_size
+        current = job.batch
         budget = getattr(exc, "budget_bytes", None) or self._memory_budget()
         probe = self._probe(job.spec)
         gpu = torch.cuda.is_available()
@@ -249,23 +242,17 @@ class JobExecutor:
         """The planner's probe for this job (cached in Redis; measured here if missing)."""
         info = self.catalog.info_any(spec.dataset)
         shape = planning.plan_shape(spec, info.image, info.num_classes)
-        cached = self.registry.redis.get(self.registry.keys.plan_cache(shape.key))
+        cached = self.plans.get(shape.key)
         if cached is not None:
             return planning.ProbeResult.model_validate_json(cached)
         found = probe(shape.spec, shape.image, shape.classes)
-        self.registry.redis.set(
-            self.registry.keys.plan_cache(shape.key),
-            found.model_dump_json(),
-            ex=self.settings.PLAN_CACHE_TTL_S,
-        )
+        self.plans.put(shape.key, found.model_dump_json())
         return found
 
-    def _predicted(self, job: JobPublic) -> int | None:
+    def _predicted(self, job: JobRecord) -> int | None:
         """The planner's peak for this device at the batch this run will use."""
         try:
-            cpu, gpu = planning.predict(
-                self._probe(job.spec), job.micro_batch_size or job.spec.batch_size
-            )
+            cpu, gpu = planning.predict(self._probe(job.spec), job.batch)
         except Exception:  # planning is advice: never let it stop training
             log.exception("could not predict memory")
             return None
@@ -280,29 +267,28 @@ class JobExecutor:
         return int(psutil.virtual_memory().available * headroom)
 
     def _requeue(self, lease: Lease, reason: str, requeues: int = 0, **fields: Any) -> JobStatus:
-        job_id = lease.job_id
+        job = self.registry.get(lease.job_id)
         if requeues:
-            fields["requeues"] = self.registry.get(job_id).requeues + requeues  # holder-only field
+            fields["requeues"] = job.requeues + requeues  # holder-only field
+        event = self._status_event(lease.attempt, reason=reason)
         try:
             self.registry.transition(
-                job_id, JobStatus.QUEUED, lease, release=True, enqueued_at=utcnow(), **fields
+                job.id, JobStatus.QUEUED, event, lease, release=True, enqueued_at=utcnow(), **fields
             )
         except LeaseLost:
             return JobStatus.RUNNING
-        self.registry.log_lease(job_id, "released", worker=self.worker, reason=reason)
-        self._status_event(job_id, JobStatus.QUEUED, lease.attempt, reason=reason)
-        queue = self.registry.field(job_id, "queue") or self.settings.QUEUE
-        self.enqueue(job_id, queue)  # if this send fails, the reconciler re-enqueues it
+        self.registry.leases.log(job.id, "released", worker=self.worker, reason=reason)
+        self.enqueue(job.id, job.queue or self.settings.QUEUE)  # lost: the reconciler resends
         return JobStatus.QUEUED
 
     def _end(self, lease: Lease, status: JobStatus, **fields: Any) -> JobStatus:
+        event = self._status_event(lease.attempt, error=fields.get("error"))
         try:
-            self.registry.transition(lease.job_id, status, lease, release=True, **fields)
+            self.registry.transition(lease.job_id, status, event, lease, release=True, **fields)
         except (LeaseLost, IllegalTransition) as exc:
             log.warning("job %s: not marking %s: %s", lease.job_id, status.value, exc)
             return JobStatus.RUNNING
-        self.registry.log_lease(lease.job_id, "released", worker=self.worker, reason=status.value)
-        self._status_event(lease.job_id, status, lease.attempt, error=fields.get("error"))
+        self.registry.leases.log(lease.job_id, "released", worker=self.worker, reason=status.value)
         return status
 
     def _give_up(self, job_id: str, attempts: int) -> JobStatus:
@@ -310,19 +296,13 @@ class JobExecutor:
             f"gave up after {attempts} attempts that did not finish "
             f"(TRAINYARD_MAX_ATTEMPTS={self.settings.MAX_ATTEMPTS})"
         )
+        event = self._status_event(attempts, error=error)
         try:
-            self.registry.transition(job_id, JobStatus.FAILED, error=error)
+            self.registry.transition(job_id, JobStatus.FAILED, event, error=error)
         except IllegalTransition:
             return JobStatus(self.registry.get(job_id).status)
-        self._status_event(job_id, JobStatus.FAILED, attempts, error=error)
         return JobStatus.FAILED
 
-    def _status_event(self, job_id: str, status: JobStatus, attempt: int, **info: Any) -> None:
-        info = {
-            "status": status.value,
-            "worker": self.worker,
-            "attempt": attempt,  # kept in info too: clients read it there
-            **{k: v for k, v in info.items() if v is not None},
-        }
-        event = JobEvent(kind="status", time=time.time(), attempt=attempt, info=info)
-        self.events.publish(job_id, [event])
+    def _status_event(self, attempt: int, **info: Any) -> JobEvent:
+        """A status event from this worker; `attempt` is kept in info too (clients read it)."""
+        return status_event(attempt, worker=self.worker, attempt=attempt, **info)

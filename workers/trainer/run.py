@@ -96,7 +96,7 @@ class Run:
         self.job_id = job_id
         self.store = store
         self.data_dir = Path(data_dir)
-        self.keys = JobKeys(job_id)
+        self.objects = JobKeys(job_id)  # its S3 object keys
         self.sink = sink
         # Which start of the job this is (1 = the first); every event carries it. A worker's
         # run takes it from the job's lease.
@@ -209,7 +209,7 @@ class Run:
         def commit() -> None:
             data, sha256 = serialized.result() if serialized else checkpoint.serialize(snapshot)
             self.before_commit(step)
-            manifest = checkpoint.save_bytes(self.store, self.keys, step, epoch, data, sha256)
+            manifest = checkpoint.save_bytes(self.store, self.objects, step, epoch, data, sha256)
             self.after_commit(step)
             self.emit(
                 "checkpoint", step, epoch, info={"key": manifest.key, "sha256": manifest.sha256}
@@ -225,7 +225,7 @@ class Run:
         """Called once latest.json names the checkpoint of `step`."""
 
     def restore(self) -> tuple[CheckpointRef, dict[str, Any]] | None:
-        found = checkpoint.load_latest(self.store, self.keys)
+        found = checkpoint.load_latest(self.store, self.objects)
         if found is not None:
             self._last_checkpoint_step = found[0].step
         return found
@@ -244,14 +244,14 @@ class Run:
         def write() -> None:
             buf = io.BytesIO()
             Image.fromarray(hwc).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL)
-            key = self.keys.sample(step)
+            key = self.objects.sample(step)
             self.store.put_bytes(key, buf.getvalue(), "image/png")
             self.emit("sample", step, epoch, info={"key": key})
 
         self.uploader.submit(write)
 
     def put_model(self, state: dict[str, Any]) -> None:
-        self.store.put_bytes(self.keys.final_model, checkpoint.to_bytes(state))
+        self.store.put_bytes(self.objects.final_model, checkpoint.to_bytes(state))
 
     def put_json(self, key: str, model: BaseModel) -> None:
         self.store.put_bytes(key, model.model_dump_json(indent=2).encode(), "application/json")

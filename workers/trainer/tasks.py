@@ -12,9 +12,11 @@ from celery import Task
 
 from shared.broker import TRAIN_TASK, enqueue_training
 from shared.config import connect_redis, get_settings
-from shared.planning import PLAN_TASK, PROBING, Planner
+from shared.planning import PLAN_TASK, Planner
 from shared.schemas import JobSpecAdapter
-from shared.workers import WorkerRegistry
+from shared.state.heartbeats import WorkerRegistry
+from shared.state.jobs import JobRegistry
+from shared.state.plans import PlanCache
 from workers.trainer.celery_app import app
 from workers.trainer.job import JobExecutor
 from workers.trainer.probe import probe
@@ -46,8 +48,12 @@ def train_job(self: Task, job_id: str) -> str:
 @lru_cache(maxsize=1)
 def _planner() -> Planner:
     settings = get_settings()  # connections made once per planner process
-    redis = connect_redis(settings)
-    return Planner(redis, app, settings, WorkerRegistry(redis, settings.KEY_PREFIX))
+    redis, prefix = connect_redis(settings), settings.KEY_PREFIX
+    registry, cache = (
+        JobRegistry(redis, prefix),
+        PlanCache(redis, prefix, settings.PLAN_CACHE_TTL_S),
+    )
+    return Planner(registry, cache, app, settings, WorkerRegistry(redis, prefix))
 
 
 @app.task(name=PLAN_TASK)
@@ -56,8 +62,7 @@ def plan_memory(key: str, spec: dict[str, Any], image: list[int], num_classes: i
     it, then route or fail every job accepted while it was being planned. A probe that
     fails routes them unplanned: planning is advice, it never stops a job."""
     planner = _planner()
-    inflight = planner.keys.plan_inflight(key)
-    planner.redis.set(inflight, PROBING, xx=True, keepttl=True)  # started: submits may wait
+    planner.cache.mark_probing(key)  # started: submits may wait
     try:
         found = planner.cached(key)
         if found is None:
@@ -71,4 +76,4 @@ def plan_memory(key: str, spec: dict[str, Any], image: list[int], num_classes: i
             planner.store(key, found)
         planner.settle(key, found)
     finally:
-        planner.redis.delete(inflight)
+        planner.cache.release(key)

@@ -23,7 +23,7 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request, registry: RegistryDep, store: StoreDep) -> JSONResponse:
     """Redis and object storage answer."""
     checks: dict[str, str] = {}
-    for name, probe in (("redis", registry.redis.ping), ("s3", store.ping)):
+    for name, probe in (("redis", registry.ping), ("s3", store.ping)):
         try:
             probe()
             checks[name] = "ok"

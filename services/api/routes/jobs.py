@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.api.deps import (
-    AsyncRedisDep,
     EventsDep,
     JobIdDep,
     PrincipalDep,
@@ -28,28 +23,21 @@ from services.api.deps import (
     services,
 )
 from services.api.errors import ERROR_RESPONSES, ApiProblem
-from services.api.metrics import JOBS_SUBMITTED
-from shared.broker import training_message
-from shared.catalog import DatasetCatalog, DatasetNotFound
-from shared.config import Settings
-from shared.events import ascan, decode_entry
-from shared.jobs import CURSOR, InvalidCursor, JobRegistry, QueueFull, _text, new_job_id
-from shared.planning import NoClassFits, Planner, ProbeRateLimited, Routing
+from services.api.pending import public_job
+from services.api.submit import submit
 from shared.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
     ErrorResponse,
     EventKind,
-    JobEvent,
     JobEventsPublic,
     JobPublic,
     JobSpec,
     JobsPublic,
 )
+from shared.state.records import CURSOR, InvalidCursor
 from shared.status import JobStatus
 from shared.storage import ArtifactNotFound, JobKeys
-from shared.workers import pending_info
-from shared.zoo import BUILTIN_DATASETS, MODELS, DatasetInfo, fit_problem
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -122,112 +110,10 @@ async def submit_job(
     the planner has not measured yet may take longer than PLAN_WAIT_S: the job is then
     accepted `queued`, being planned (see the 201), and later routed, or failed with the
     message the 422 would have given."""
-    app = services(request)  # a hot path: its clients without a dependency each
-    registry, settings = app.registry, app.settings
-    info = await _check_fits(spec, app.catalog, principal.owner)
-    routing = await _plan(app.planner, spec, info, principal.owner)
-    job_id = new_job_id()
-    if idempotency_key is not None:
-        replay = await _claim_key(
-            registry, principal.owner, idempotency_key, spec, job_id, settings
-        )
-        if replay is not None:
-            response.status_code = status.HTTP_200_OK
-            return replay
-    queue = routing.queue or settings.QUEUE
-    message = (queue, training_message(app.celery, job_id, queue))  # enqueued atomically
-    if routing.planning:  # no class yet, so no message: the planner routes it (see Planner)
-        await app.planner.await_probe(routing.planning, job_id)
-    try:
-        job = await registry.acreate(
-            spec,
-            principal.owner,
-            job_id,
-            settings.MAX_QUEUED_PER_OWNER,
-            message=None if routing.planning else message,
-            memory_class=routing.memory_class,
-            queue=routing.queue,
-            predicted_peak_cpu_bytes=routing.cpu_bytes,
-            predicted_peak_gpu_bytes=routing.gpu_bytes,
-            planning=routing.planning,
-        )
-    except QueueFull as exc:
-        if idempotency_key is not None:
-            key = registry.keys.idempotency(principal.owner, idempotency_key)
-            await registry.aredis.delete(key)
-        raise ApiProblem(429, str(exc), headers={"Retry-After": "30"}) from exc
-    JOBS_SUBMITTED.labels(task=spec.task).inc()
-    if routing.planning:
-        if await app.planner.asettle_if_probed(routing.planning, job_id):
-            return await registry.aget(job_id)  # its probe ended meanwhile: routed or failed
-        job.pending = await pending_info(job, registry, app.workers)
+    job, replayed = await submit(services(request), spec, principal.owner, idempotency_key)
+    if replayed:
+        response.status_code = status.HTTP_200_OK
     return job
-
-
-async def _plan(planner: Planner, spec: JobSpec, info: DatasetInfo, owner: str) -> Routing:
-    """The job's routing (see Planner.aplan): 422 when no class can run it, 429 past the
-    owner's PLAN_PROBES_PER_MINUTE."""
-    try:
-        return await planner.aplan(spec, info.image, info.num_classes, owner)
-    except NoClassFits as exc:
-        raise RequestValidationError(
-            [{"type": "memory", "msg": str(exc), "loc": ("body", spec.task, exc.field)}]
-        ) from exc
-    except ProbeRateLimited as exc:
-        raise ApiProblem(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
-
-
-async def _claim_key(
-    registry: JobRegistry, owner: str, key: str, spec: JobSpec, job_id: str, settings: Settings
-) -> JobPublic | None:
-    """Record key -> (body digest, job id) unless already recorded. Returns the existing job
-    for a replay of the same body; 409 for another body under the same key. `key` matches
-    IDEMPOTENCY_KEY (the header's declared pattern)."""
-    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
-    redis_key = registry.keys.idempotency(owner, key)
-    mine = json.dumps({"digest": digest, "job_id": job_id})
-    if await registry.aredis.set(redis_key, mine, nx=True, ex=settings.IDEMPOTENCY_TTL_S):
-        return None
-    stored = json.loads(await registry.aredis.get(redis_key) or mine)
-    if stored["digest"] != digest:
-        raise ApiProblem(
-            409,
-            "this Idempotency-Key was used with a different job spec",
-            field="Idempotency-Key",
-            code="idempotency_conflict",
-        )
-    for _ in range(50):  # the first request may still be creating it
-        try:
-            return await registry.aget(stored["job_id"])
-        except KeyError:
-            await asyncio.sleep(0.05)
-    raise ApiProblem(
-        409,
-        "the first request with this Idempotency-Key did not complete; retry with a new key",
-        field="Idempotency-Key",
-        code="idempotency_conflict",
-    )
-
-
-async def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> DatasetInfo:
-    """The data set's shape; 422 when it is unknown or the model cannot take its images
-    (e.g. book_conv_gan on 28x28 without resize)."""
-    info = BUILTIN_DATASETS.get(spec.dataset)
-    try:
-        if info is None:  # an upload: its record is in Redis
-            info = await asyncio.to_thread(catalog.info, spec.dataset, owner)
-    except DatasetNotFound as exc:
-        _invalid(spec, "dataset", f"{exc}: upload it first (POST /v1/datasets)")
-    problem = fit_problem(MODELS[spec.model], info, spec.crop_hw(), spec.resize_hw())
-    if problem is not None:
-        _invalid(spec, *problem)
-    return info
-
-
-def _invalid(spec: JobSpec, field: str, why: str) -> NoReturn:
-    raise RequestValidationError(
-        [{"type": "model_data_mismatch", "msg": why, "loc": ("body", spec.task, field)}]
-    )
 
 
 @router.get("")
@@ -247,29 +133,23 @@ def list_jobs(
         jobs, next_cursor = registry.page(principal, cursor, limit, status_, task)
     except InvalidCursor as exc:
         raise ApiProblem(400, str(exc), field="cursor") from exc
-    return JobsPublic(data=jobs, count=len(jobs), next_cursor=next_cursor)
+    data = [JobPublic.from_record(job) for job in jobs]
+    return JobsPublic(data=data, count=len(data), next_cursor=next_cursor)
 
 
 @router.get("/{job_id}")
 async def get_job(request: Request, job_id: JobIdDep, principal: PrincipalDep) -> JobPublic:
     """One job: status, progress, result; a queued job says why it waits."""
     app = services(request)  # a hot path: its clients without a dependency each
-    job = await app.registry.aget_for(job_id, principal)
-    if job.status is JobStatus.QUEUED:
-        job.pending = await pending_info(job, app.registry, app.workers)
-    return job
+    return await public_job(
+        await app.registry.aget_for(job_id, principal), app.registry, app.workers
+    )
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(
-    job_id: JobIdDep, principal: PrincipalDep, registry: RegistryDep, events: EventsDep
-) -> JobPublic:
+def cancel_job(job_id: JobIdDep, principal: PrincipalDep, registry: RegistryDep) -> JobPublic:
     """Cancel: a queued job at once, a running one at its next step (409 if finished)."""
-    registry.get_for(job_id, principal)
-    job = registry.request_cancel(job_id)
-    if job.status is JobStatus.CANCELLED:
-        _status_event(events, job_id, JobStatus.CANCELLED, "cancelled while queued", job.attempts)
-    return job
+    return JobPublic.from_record(registry.request_cancel(job_id, principal))
 
 
 @router.get("/{job_id}/metrics")
@@ -305,8 +185,8 @@ async def job_events(
     job_id: JobIdDep,
     request: Request,
     principal: PrincipalDep,
-    aredis: AsyncRedisDep,
     registry: RegistryDep,
+    events: EventsDep,
     settings: SettingsDep,
     last_event_id: Annotated[
         str | None,
@@ -322,43 +202,17 @@ async def job_events(
     after that, a `rewind` event (a restarted job) tells the client to drop what it has past
     the rewind's step."""
     await asyncio.to_thread(registry.get_for, job_id, principal)
-    key = registry.keys.events(job_id)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        last = last_event_id or "0-0"
-        history = await ascan(aredis, key, after=last)
-        while not await request.is_disconnected():
-            reply: Any = await aredis.xread({key: last}, block=1000, count=200)
-            for entry_id, fields in reply[0][1] if reply else []:
-                event = decode_entry(entry_id, fields)
-                last = event.id or last
-                if not history.passes(event):
-                    continue
-                yield ServerSentEvent(data=event.model_dump_json(), id=last, event=event.kind)
-                if _is_terminal(event):
-                    return
-            if not reply and await _finished_and_drained(aredis, registry, job_id, key, last):
+        sent = 0
+        async for event in events.follow(job_id, after=last_event_id):
+            if (event is None or sent % 200 == 0) and await request.is_disconnected():
                 return
+            if event is not None:
+                sent += 1
+                yield ServerSentEvent(data=event.model_dump_json(), id=event.id, event=event.kind)
 
     return EventSourceResponse(stream(), ping=settings.SSE_PING_S)
-
-
-def _is_terminal(event: JobEvent) -> bool:
-    return event.kind == "status" and event.info.get("status") in {
-        s.value for s in JobStatus if s.is_terminal()
-    }
-
-
-async def _finished_and_drained(
-    aredis: AsyncRedisDep, registry: JobRegistry, job_id: str, key: str, last: str
-) -> bool:
-    # A job that ended without a status event in the stream (none is lost today, but the
-    # stream is capped): stop once it is terminal and nothing is left to send.
-    state = await aredis.hget(registry.keys.job(job_id), "status")
-    if state is None or not JobStatus(_text(state)).is_terminal():
-        return False
-    newer = await aredis.xrange(key, min=f"({last}", max="+", count=1)
-    return not newer
 
 
 @router.get("/{job_id}/artifacts")
@@ -422,12 +276,3 @@ def download_artifact(
             "Content-Disposition": f'attachment; filename="{filename}"',
         },
     )
-
-
-def _status_event(
-    events: EventsDep, job_id: str, state: JobStatus, reason: str, attempt: int = 0
-) -> None:
-    """A status event written by the API; `attempt`: the job's attempts so far."""
-    info = {"status": state.value, "reason": reason}
-    event = JobEvent(kind="status", time=time.time(), attempt=attempt, info=info)
-    events.publish(job_id, [event])

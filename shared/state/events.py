@@ -7,45 +7,32 @@ and SSE replays it before following live events (clients apply live rewinds them
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared.jobs import Lease, LeaseLost, RedisKeys
 from shared.schemas import JobEvent
+from shared.state import scripts
+from shared.state.keys import RedisKeys, text
+from shared.state.leases import Lease, LeaseLost
+from shared.state.records import MAX_EVENTS
+from shared.status import TERMINAL
 
-# Stream entries carry one field: the event as JSON. Streams are capped so a job that logs
-# every step for days cannot fill Redis (which runs with noeviction).
-_FIELD = "e"
-MAX_EVENTS = 100_000
-
-# Append events and update the job's progress fields only while the caller holds the lease.
-# KEYS: stream, lease, job. ARGV: token, maxlen, n_events, payloads..., field, value, ...
-_FENCED_PUBLISH = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
-local n = tonumber(ARGV[3])
-local ids = {}
-for i = 4, 3 + n do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
-end
-if #ARGV > 3 + n then
-  local fields = {}
-  for i = 4 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('HSET', KEYS[3], unpack(fields))
-end
-return ids
-"""
+_FIELD = "e"  # stream entries carry one field: the event as JSON
 
 
 class EventStream:
     """Read and write the event streams of jobs."""
 
-    def __init__(self, redis: Redis, prefix: str = "trainyard") -> None:
+    def __init__(
+        self, redis: Redis, prefix: str = "trainyard", aredis: AsyncRedis | None = None
+    ) -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
-        self._fenced = redis.register_script(_FENCED_PUBLISH)
+        self._aredis = aredis  # follow() reads with it
+        self._fenced = redis.register_script(scripts.FENCED_PUBLISH)
 
     def publish_fenced(
         self, lease: Lease, events: list[JobEvent], progress: dict[str, str] | None = None
@@ -61,7 +48,7 @@ class EventStream:
         )
         if ids is None:
             raise LeaseLost(f"job {job_id}: lease {lease.token} is no longer held")
-        return [_text(i) for i in ids]
+        return [text(i) for i in ids]
 
     def publish(self, job_id: str, events: Iterable[JobEvent]) -> list[str]:
         """Append events in one round trip; returns their stream ids."""
@@ -71,7 +58,7 @@ class EventStream:
             pipe.xadd(
                 self.keys.events(job_id), {_FIELD: payload}, maxlen=MAX_EVENTS, approximate=True
             )
-        return [_text(i) for i in pipe.execute()]
+        return [text(i) for i in pipe.execute()]
 
     def read(
         self, job_id: str, after: str | None = None, count: int | None = None
@@ -87,22 +74,47 @@ class EventStream:
         rewind events stay, so a reader that had events up to `after` can drop its own)."""
         return KeptHistory().keep(self.read(job_id, after=after))
 
-    def tail(
-        self, job_id: str, after: str = "0-0", block_ms: int = 1000
-    ) -> Iterator[JobEvent | None]:
-        """Yield events after `after` as they arrive; yields None after each idle `block_ms`."""
-        last = after
+    async def follow(
+        self, job_id: str, after: str | None = None, block_ms: int = 1000
+    ) -> AsyncIterator[JobEvent | None]:
+        """The job's events after stream id `after` (from the start if None) as they arrive,
+        as SSE sends them: the history so far as history() keeps it, then live events except
+        late writes of a replaced attempt (a `rewind` tells the reader to drop what it holds
+        past its step). Yields None after each idle `block_ms`, so the caller can stop; ends
+        after the job's terminal status event, or once the job is finished and nothing is
+        left to read (a stream capped past its status event)."""
+        assert self._aredis is not None, "EventStream was made without an asyncio client"
+        key, last = self.keys.events(job_id), after or "0-0"
+        kept = await ascan(self._aredis, key, after=last)
         while True:
-            reply: Any = self.redis.xread(
-                {self.keys.events(job_id): last}, block=block_ms, count=500
-            )
+            reply: Any = await self._aredis.xread({key: last}, block=block_ms, count=200)
             if not reply:
+                if await self._finished_and_drained(job_id, last):
+                    return
                 yield None
                 continue
             for entry_id, fields in reply[0][1]:
                 event = decode_entry(entry_id, fields)
                 last = event.id or last
-                yield event
+                if kept.passes(event):
+                    yield event
+                    if is_terminal(event):
+                        return
+
+    async def _finished_and_drained(self, job_id: str, last: str) -> bool:
+        assert self._aredis is not None
+        state = await self._aredis.hget(self.keys.job(job_id), "status")
+        if state is None or text(state) not in TERMINAL:
+            return False
+        newer = await self._aredis.xrange(
+            self.keys.events(job_id), min=f"({last}", max="+", count=1
+        )
+        return not newer
+
+
+def is_terminal(event: JobEvent) -> bool:
+    """A status event that ends the job (succeeded, failed, cancelled)."""
+    return event.kind == "status" and event.info.get("status") in TERMINAL
 
 
 # Kinds a restarted attempt writes again for the same steps. Status, log and rewind events
@@ -198,9 +210,5 @@ def _stream_id(value: str) -> tuple[int, int]:
 def decode_entry(entry_id: bytes | str, fields: dict[bytes | str, bytes | str]) -> JobEvent:
     raw = fields.get(_FIELD) or fields.get(_FIELD.encode())
     event = JobEvent.model_validate_json(raw or b"{}")
-    event.id = _text(entry_id)
+    event.id = text(entry_id)
     return event
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

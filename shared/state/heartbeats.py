@@ -1,26 +1,21 @@
-"""Which workers are online and busy, from heartbeats in Redis: what "why is my job pending"
-and the queue metrics read."""
+"""Which workers are online and busy, from heartbeats in Redis (what "why is my job pending"
+and the queue metrics read), their thread reports, and drain requests."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Mapping
-from statistics import median
 from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared.jobs import JobRegistry, RedisKeys, _text
-from shared.schemas import JobPublic, PendingInfo, WorkerPublic
+from shared.schemas import WorkerPublic
+from shared.state.keys import RedisKeys, text
 
 ONLINE_WITHIN_S = 20.0  # heartbeats come every 5 s
 FORGET_AFTER_S = 3600.0  # a worker record this old is dropped (WorkerRegistry.prune)
-BEING_PLANNED = (
-    "being planned: the memory planner is measuring this model and data shape; the job is "
-    "routed to a worker class when it ends, or fails if no class can hold it"
-)
 
 
 class WorkerRegistry:
@@ -55,13 +50,28 @@ class WorkerRegistry:
         ]
         if stale:
             self.redis.hdel(self.keys.workers(), *stale)
-        return [_text(name) for name in stale]
+        return [text(name) for name in stale]
 
     def set_busy(self, name: str, job_id: str | None, ttl_s: float) -> None:
         if job_id is None:
             self.redis.delete(self.keys.worker_busy(name))
         else:
             self.redis.set(self.keys.worker_busy(name), job_id, px=int(ttl_s * 1000))
+
+    def request_drain(self, name: str, ttl_s: float) -> None:
+        """Tell worker `name` to hand its jobs back (SIGTERM): a flag kept `ttl_s`, and a
+        "drain" message on its control channel for the job it runs now."""
+        pipe = self.redis.pipeline()
+        pipe.set(self.keys.worker_draining(name), "1", ex=max(1, int(ttl_s)))
+        pipe.publish(self.keys.worker_control(name), "drain")
+        pipe.execute()
+
+    def clear_drain(self, name: str) -> None:
+        """Called as a worker starts: a drain flag left by an earlier process is not for it."""
+        self.redis.delete(self.keys.worker_draining(name))
+
+    def draining(self, name: str) -> bool:
+        return bool(self.redis.exists(self.keys.worker_draining(name)))
 
     def forget(self, name: str) -> None:
         self.redis.hdel(self.keys.workers(), name)
@@ -71,7 +81,7 @@ class WorkerRegistry:
     # workers/trainer/cpu.py); the worker's heartbeat carries them.
 
     def _threads_key(self, name: str) -> str:
-        return f"{self.keys.prefix}:worker:{name}:threads"
+        return self.keys.worker_threads(name)
 
     def clear_threads(self, name: str) -> None:
         """Called as a worker starts, before its pool processes report."""
@@ -122,50 +132,7 @@ def _fresh(raws: Any) -> list[dict[str, Any]]:
 
 def _with_busy(records: list[dict[str, Any]], busy: Any) -> list[WorkerPublic]:
     found = [
-        WorkerPublic.model_validate({**r, "busy_with": _text(b) if b else None})
+        WorkerPublic.model_validate({**r, "busy_with": text(b) if b else None})
         for r, b in zip(records, busy, strict=True)
     ]
     return sorted(found, key=lambda w: w.name)
-
-
-async def pending_info(
-    job: JobPublic, registry: JobRegistry, workers: WorkerRegistry
-) -> PendingInfo:
-    """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
-    when one can be estimated from recent jobs' durations; or that it is being planned (its
-    memory probe is running: no class chosen yet, see shared/planning.py)."""
-    if job.queue is None and await registry.aredis.hexists(registry.keys.job(job.id), "planning"):
-        every = await workers.aonline()
-        busy_any = sum(1 for w in every if w.busy_with)
-        return PendingInfo(workers_online=len(every), workers_busy=busy_any, reason=BEING_PLANNED)
-    klass = job.memory_class or "cpu"
-    online = [w for w in await workers.aonline() if w.memory_class == klass]
-    busy = sum(1 for w in online if w.busy_with)
-    position = await registry.aqueue_position(job)
-    eta = None
-    if online and position is not None:
-        recent = [d for d in await registry.arecent_durations() if d > 0]
-        if recent:
-            rounds = (position - 1 + busy) / len(online) + 1  # jobs ahead per worker, then ours
-            eta = round(rounds * median(recent), 1)
-    if not online:
-        reason = (
-            f"no worker of memory class {klass} is online"
-            if job.memory_class
-            else "no worker is online"
-        )
-    elif position is None:
-        reason = "being handed to a worker"
-    elif busy >= len(online):
-        reason = (
-            f"all {len(online)} {klass} workers are busy; {position - 1} jobs ahead in the queue"
-        )
-    else:
-        reason = f"{position - 1} jobs ahead in the queue"
-    return PendingInfo(
-        queue_position=position,
-        workers_online=len(online),
-        workers_busy=busy,
-        eta_s=eta,
-        reason=reason,
-    )

@@ -1,0 +1,101 @@
+"""The reconciler: a periodic pass that puts lost jobs back on the queue.
+
+- a `running` job whose lease expired: its worker died (kill -9, OOM killer, node loss)
+  without handing it back. It goes back to `queued` and gets a new message; the next worker
+  resumes from its last checkpoint.
+- a `queued` job with no message in the broker (a requeue lost in a crash between the status
+  move and the send, or dropped as a duplicate while a dead worker's lease was still live):
+  re-sent. A submission cannot lose it: the API creates the job and pushes its message in
+  one Redis script.
+- a `queued` job still waiting for its memory probe (accepted while being planned): routed
+  (or failed) if the probe is cached, for the process that should have done it died; run
+  unplanned past PLAN_TIMEOUT_S (see Planner.reconcile).
+
+Duplicate messages are harmless: a worker only trains a job whose lease it takes. Runs in the
+API process; a Redis lock makes one replica do each pass."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from shared.broker import broker_job_ids, enqueue_training
+from shared.config import Settings
+from shared.planning import Planner
+from shared.state.heartbeats import FORGET_AFTER_S
+from shared.state.records import status_event, utcnow
+from shared.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, planner: Planner, celery: Celery, settings: Settings) -> None:
+        self.planner, self.celery, self.settings = planner, celery, settings
+        self.registry, self.workers = planner.registry, planner.workers
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+
+    def pass_once(self) -> dict[str, list[str]]:
+        """One pass; returns the job ids it reclaimed, re-sent and planned, and the workers it
+        forgot (not seen for FORGET_AFTER_S)."""
+        done: dict[str, list[str]] = {"reclaimed": [], "resent": [], "planned": [], "forgot": []}
+        if not self.registry.try_lock_reconciler(self.settings.RECONCILE_INTERVAL_S):
+            return done  # another replica is on it
+        done["forgot"] = self.workers.prune(FORGET_AFTER_S)
+        grace = self.settings.RECONCILE_GRACE_S
+        waiting: dict[str, str] = {}  # queued past the grace period: is its message there?
+        for job in self.registry.active():
+            queue = job.queue or self.settings.QUEUE
+            age = (utcnow() - job.since).total_seconds()
+            if job.status is JobStatus.RUNNING and self._reclaim(job.id):
+                enqueue_training(self.celery, job.id, queue)
+                done["reclaimed"].append(job.id)
+            elif job.status is JobStatus.QUEUED and job.planning is not None:  # no message yet
+                if age > grace and self.planner.reconcile(job.id, job.planning, age):
+                    done["planned"].append(job.id)
+            elif job.status is JobStatus.QUEUED and age > grace:
+                waiting[job.id] = queue
+        # Scanning the broker reads every message: only when some job has waited that long.
+        in_broker: set[str] = set()
+        for queue in set(waiting.values()):
+            in_broker |= broker_job_ids(self.registry.redis, queue)
+        for job_id, queue in waiting.items():
+            if job_id not in in_broker and self._resend(job_id, queue):
+                done["resent"].append(job_id)
+        return done
+
+    def _reclaim(self, job_id: str) -> bool:
+        """Requeue a running job whose worker stopped renewing its lease (lost)."""
+        attempt = self.registry.get(job_id).attempts  # the one that was lost
+        reason = "reconciler: its worker stopped renewing the lease (lost)"
+        if not self.registry.reclaim(job_id, status_event(attempt, reason=reason)):
+            return False
+        log.warning("reconciler: requeued job %s: %s", job_id, reason)
+        return True
+
+    def _resend(self, job_id: str, queue: str) -> bool:
+        """Send a queued job's message again (its status does not change)."""
+        reason = "reconciler: its queue message was lost"
+        attempt = self.registry.get(job_id).attempts
+        if not self.registry.mark_resent(job_id, status_event(attempt, reason=reason)):
+            return False  # started or cancelled meanwhile
+        log.warning("reconciler: re-sending job %s: %s", job_id, reason)
+        enqueue_training(self.celery, job_id, queue)
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.RECONCILE_INTERVAL_S):
+            try:
+                self.pass_once()
+            except Exception:  # Redis restarting, say: try again next interval
+                log.exception("reconciler pass failed")
