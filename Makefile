@@ -79,8 +79,9 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services workers devstack tests bench
-	$(VENV)/bin/pylint shared services workers devstack tests bench  # duplicate-code only
+	$(VENV)/bin/mypy trainyard shared services workers devstack tests bench
+	$(VENV)/bin/pylint trainyard shared services workers devstack tests bench  # duplicate-code only
+	$(VENV)/bin/lint-imports  # the layering contracts in pyproject.toml
 
 clean: down
 	rm -rf .trainyard

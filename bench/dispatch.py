@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from bench.stack import local_stack
-from shared.client import ApiError, Client
 from shared.schemas import ClassifierSpec
+from trainyard.client import ApiError, Client
 
 # The smallest real job: one step of book_cnn on mnist-5k, nothing written until the end.
 SPEC = ClassifierSpec(max_steps=1, checkpoint_every=10**6, sample_every=10**6, log_every=1)

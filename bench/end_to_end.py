@@ -16,8 +16,8 @@ import time
 
 from bench.bare import bare_loop
 from bench.stack import local_stack
-from shared.client import Client
 from shared.schemas import ClassifierSpec
+from trainyard.client import Client
 
 
 def main() -> None:

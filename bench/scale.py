@@ -19,8 +19,8 @@ import argparse
 import time
 
 from bench.stack import local_stack
-from shared.client import Client
 from shared.schemas import ClassifierSpec
+from trainyard.client import Client
 from workers.trainer.cpu import cpu_quota
 
 

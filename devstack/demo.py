@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from devstack.stack import StackConfig
-from shared.client import Client
 from shared.schemas import ClassifierSpec, JobPublic
+from trainyard.client import Client
 
 
 def main() -> int:

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from devstack.stack import Stack, StackConfig, wait_for
-from shared.client import Client
 from shared.state.jobs import JobRegistry
 from shared.status import JobStatus
+from trainyard.client import Client
 
 SPEC = {
     "task": "classifier",

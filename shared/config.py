@@ -23,7 +23,7 @@ class Settings(BaseSettings):
         env_prefix="TRAINYARD_",
         # `make up` writes the local stack's addresses here, so a worker started by hand in
         # the repository finds the stack without exporting anything (the CLI and SDK read the
-        # file themselves: shared/client.py).
+        # file themselves: trainyard/client.py).
         env_file=".trainyard/stack.env",
         extra="ignore",
     )
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     PAGE_SIZE_MAX: int = 200
     # Bearer tokens: "owner:token[:admin]" entries, comma-separated, and/or a file of
     # "owner:sha256hex[:admin]" lines. API_URL and API_TOKEN are the client's: the SDK and CLI
-    # read TRAINYARD_API_URL/TRAINYARD_API_TOKEN themselves (shared/client.py), not Settings.
+    # read TRAINYARD_API_URL/TRAINYARD_API_TOKEN themselves (trainyard/client.py), not Settings.
     API_TOKENS: str = ""
     API_TOKENS_FILE: str | None = None
     API_TOKEN: str | None = None

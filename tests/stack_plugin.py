@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from devstack.stack import Stack, StackConfig
-from shared.client import Client
+from trainyard.client import Client
 
 
 @contextmanager

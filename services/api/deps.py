@@ -14,11 +14,11 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.errors import ApiProblem
+from services.api.planner import ApiPlanner
 from shared.auth import Principal, TokenTable
 from shared.catalog import DatasetCatalog
 from shared.config import Settings
 from shared.logs import current_job
-from shared.planning import Planner
 from shared.schemas import UPLOADED_DATASET
 from shared.state.events import EventStream
 from shared.state.heartbeats import WorkerRegistry
@@ -41,7 +41,7 @@ class Services:
     store: ArtifactStore
     catalog: DatasetCatalog
     celery: Celery
-    planner: Planner
+    planner: ApiPlanner
 
 
 def services(request: Request) -> Services:

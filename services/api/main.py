@@ -11,6 +11,7 @@ from services.api import errors, openapi
 from services.api.deps import Services
 from services.api.limits import JSON, MULTIPART, BodyRule, RequestGuard
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
+from services.api.planner import ApiPlanner
 from services.api.reconciler import Reconciler
 from services.api.routes import datasets, health, jobs, ui
 from services.api.routes import workers as worker_routes
@@ -19,7 +20,6 @@ from shared.broker import make_celery
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_async_redis, connect_redis, get_settings
 from shared.logs import setup_json_logging
-from shared.planning import Planner
 from shared.state.events import EventStream
 from shared.state.heartbeats import WorkerRegistry
 from shared.state.jobs import JobRegistry
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=store,
             catalog=DatasetCatalog(redis, store, settings.KEY_PREFIX, settings),
             celery=celery,
-            planner=Planner(registry, plans, celery, settings, workers),
+            planner=ApiPlanner(registry, plans, celery, settings, workers),
         )
         collector = JobsCollector(registry, workers, settings)
         REGISTRY.register(collector)

@@ -21,9 +21,9 @@ import threading
 
 from celery import Celery
 
+from services.api.planner import ApiPlanner
 from shared.broker import broker_job_ids, enqueue_training
 from shared.config import Settings
-from shared.planning import Planner
 from shared.state.heartbeats import FORGET_AFTER_S
 from shared.state.records import status_event, utcnow
 from shared.status import JobStatus
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, planner: Planner, celery: Celery, settings: Settings) -> None:
+    def __init__(self, planner: ApiPlanner, celery: Celery, settings: Settings) -> None:
         self.planner, self.celery, self.settings = planner, celery, settings
         self.registry, self.workers = planner.registry, planner.workers
         self._stop = threading.Event()

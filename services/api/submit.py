@@ -13,9 +13,10 @@ from services.api.deps import Services
 from services.api.errors import ApiProblem
 from services.api.metrics import JOBS_SUBMITTED
 from services.api.pending import public_job
+from services.api.planner import ApiPlanner
 from shared.broker import training_message
 from shared.catalog import DatasetCatalog, DatasetNotFound
-from shared.planning import NoClassFits, Planner, ProbeRateLimited, Routing
+from shared.planning import NoClassFits, ProbeRateLimited, Routing
 from shared.schemas import JobPublic, JobSpec
 from shared.state.jobs import Idempotency
 from shared.state.records import IdempotencyConflict, QueueFull, new_job_id
@@ -75,7 +76,7 @@ async def submit(
     return await public_job(created.record, registry, app.workers), False  # says why it waits
 
 
-async def _plan(planner: Planner, spec: JobSpec, info: DatasetInfo, owner: str) -> Routing:
+async def _plan(planner: ApiPlanner, spec: JobSpec, info: DatasetInfo, owner: str) -> Routing:
     """The job's routing (see Planner.aplan): 422 when no class can run it, 429 past the
     owner's PLAN_PROBES_PER_MINUTE."""
     try:

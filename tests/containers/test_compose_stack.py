@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from devstack import containers as ct
-from shared.client import Client
 from shared.schemas import JobPublic, JobStatus, WorkerPublic
 from tests.containers.helpers import CI_OVERRIDE, COMPOSE_FILE, REPO, load_compose
+from trainyard.client import Client
 
 pytestmark = pytest.mark.containers
 

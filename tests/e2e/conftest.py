@@ -15,10 +15,10 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from devstack.stack import Stack, StackConfig
-from shared.client import Client
 from shared.status import JobStatus
 from tests.e2e.browser import CHROMIUM, UI_TIMEOUT_MS, VIEWPORT, launch, shot
 from tests.stack_plugin import client_for, running_stack
+from trainyard.client import Client
 
 # The small GAN of these tests: 60 steps, a sample grid every 15 (4 grids), metrics every 10.
 SMALL_GAN: dict[str, Any] = {

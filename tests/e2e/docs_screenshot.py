@@ -15,7 +15,6 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from devstack.stack import Stack, StackConfig
-from shared.client import Client
 from shared.status import JobStatus
 from tests.e2e.browser import (
     REPO,
@@ -26,6 +25,7 @@ from tests.e2e.browser import (
     sign_in,
     wait_for_image,
 )
+from trainyard.client import Client
 
 OUT = REPO / "docs" / "dashboard-job.png"
 MAX_BYTES = 150_000

@@ -13,7 +13,6 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from devstack.stack import Stack
-from shared.client import Client
 from tests.e2e.browser import (
     JOB_TIMEOUT_MS,
     RECORDER,
@@ -28,6 +27,7 @@ from tests.e2e.browser import (
     wait_for_image,
 )
 from tests.e2e.conftest import SMALL_GAN
+from trainyard.client import Client
 
 DOCS_SHOT_MAX_BYTES = 150_000
 

@@ -14,10 +14,10 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from devstack.stack import Stack
-from shared.client import Client
 from shared.schemas import ClassifierSpec
 from shared.state.jobs import JobRegistry
 from tests.e2e.browser import UI_TIMEOUT_MS, open_job, shot, sign_in
+from trainyard.client import Client
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from redis import Redis
 
 from devstack.stack import Stack, StackConfig
 from shared.auth import new_token
-from shared.client import Client
 from shared.state.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
 from tests.stack_plugin import client_for, running_stack
+from trainyard.client import Client
 
 UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 256 MiB
 QUEUE_CAP = 20  # per owner; small enough to reach in a test

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from devstack.stack import Stack
-from shared.client import ApiError, Client
 from shared.schemas import JobEvent
 from shared.state.heartbeats import WorkerRegistry
 from shared.status import JobStatus
 from tests.conftest import wait_for
 from tests.integration.conftest import QUEUE_CAP, USERS
+from trainyard.client import ApiError, Client
 
 TINY = {"task": "classifier", "max_steps": 30, "log_every": 5, "checkpoint_every": 10}
 

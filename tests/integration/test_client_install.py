@@ -18,16 +18,16 @@ from devstack.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_ONLY = ("torch", "celery", "redis", "minio", "pydantic_settings", "numpy")
-# Run in the venv from a folder without the source tree, so `shared` is the installed one.
+# Run in the venv from a folder without the source tree, so `trainyard` is the installed one.
 SDK_SCRIPT = """
-import json, shared.client
-from shared.client import Client
+import json, trainyard.client
+from trainyard import Client
 from shared.schemas import ClassifierSpec
 with Client() as api:
     job = api.submit(ClassifierSpec(max_steps=5, name="light-client"))
     listed = [j.id for j in api.list_jobs(limit=50).data]
     cancelled = api.cancel(job.id)
-print(json.dumps({"module": shared.client.__file__, "id": job.id, "listed": job.id in listed,
+print(json.dumps({"module": trainyard.client.__file__, "id": job.id, "listed": job.id in listed,
                   "owner": job.owner, "cancel": cancelled.status.value}))
 """
 

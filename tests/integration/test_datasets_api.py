@@ -17,12 +17,12 @@ from PIL import Image
 from redis import Redis
 
 from devstack.stack import Stack
-from shared.client import Client
 from shared.schemas import DatasetPublic
 from shared.status import JobStatus
 from shared.storage import DatasetKeys, S3ArtifactStore
 from shared.uploads import from_npz_bytes, write_idx
 from tests.integration.conftest import UPLOAD_LIMIT
+from trainyard.client import Client
 from workers.trainer.data import load_dataset
 
 Files = list[tuple[str, tuple[str, bytes, str]]]

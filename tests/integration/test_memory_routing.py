@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import Stack, StackConfig
-from shared.client import ApiError, Client
 from shared.schemas import JobPublic, PendingInfo
 from shared.state.heartbeats import WorkerRegistry
 from shared.status import JobStatus
 from tests.conftest import wait_for
 from tests.stack_plugin import client_for, running_stack
+from trainyard.client import ApiError, Client
 
 CLASSES = "cpu:16,gpu-small:0.25,gpu-big:2,gpu-huge:64"
 SMALL = {"task": "classifier", "max_steps": 20}

@@ -19,9 +19,9 @@ import pytest
 from redis import Redis
 
 from devstack.stack import Stack
-from shared.client import Client
 from shared.status import JobStatus
 from tests.integration.conftest import USERS
+from trainyard.client import Client
 
 UNKNOWN_JOB = "0123456789abcdef"  # well formed, no such job
 SUFFIXES = [":events", ":leases", ":fence", ":control"]  # keys beside a job's hash

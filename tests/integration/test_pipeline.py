@@ -11,11 +11,11 @@ import torch
 from minio import Minio
 
 from devstack.stack import Stack
-from shared.client import ApiError, Client
 from shared.schemas import ClassifierSpec, JobSummary, MemoryReport
 from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.conftest import wait_for
+from trainyard.client import ApiError, Client
 from workers.trainer.data import load_dataset
 from workers.trainer.models import build_model
 

@@ -20,7 +20,6 @@ from redis import Redis
 
 from devstack.stack import Stack, StackConfig
 from shared.auth import new_token
-from shared.client import ApiError, Client
 from shared.planning import plan_key, plan_queue
 from shared.schemas import JobPublic, JobSpecAdapter
 from shared.state.events import EventStream
@@ -31,6 +30,7 @@ from shared.zoo import BUILTIN_DATASETS
 from tests.conftest import wait_for
 from tests.integration.test_cli import run
 from tests.stack_plugin import running_stack
+from trainyard.client import ApiError, Client
 
 CACHE_TTL_S = 3600
 PROBES_PER_MINUTE = 3

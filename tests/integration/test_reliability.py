@@ -20,7 +20,6 @@ from minio import Minio
 from redis import Redis
 
 from devstack.stack import Process, Stack, StackConfig
-from shared.client import Client
 from shared.planning import predict
 from shared.schemas import CheckpointManifest, JobEvent, JobPublic, JobSpecAdapter
 from shared.state.jobs import JobRegistry
@@ -28,6 +27,7 @@ from shared.status import JobStatus
 from shared.storage import JobKeys
 from tests.conftest import wait_for
 from tests.stack_plugin import client_for, running_stack
+from trainyard.client import Client
 from workers.trainer.probe import probe
 
 LEASE_TTL_S = 3

@@ -11,10 +11,10 @@ from minio import Minio
 from PIL import Image
 
 from devstack.stack import Stack
-from shared.client import Client
 from shared.schemas import MemoryReport
 from shared.status import JobStatus
 from shared.storage import JobKeys
+from trainyard.client import Client
 
 TINY: dict[str, dict[str, Any]] = {
     "book_cnn": {"task": "classifier", "model": "book_cnn", "max_steps": 20},

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.client import DEFAULT_API_URL, Client, api_defaults
+from trainyard.client import DEFAULT_API_URL, Client, api_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 # Import names of what only the servers install (the `api` and `worker` extras).
@@ -31,7 +31,7 @@ SERVER_MODULES = (
 
 def test_the_client_imports_no_server_dependency() -> None:
     code = (
-        "import sys, shared.client, shared.cli\n"
+        "import sys, trainyard.client, trainyard.cli\n"
         f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({SERVER_MODULES!r}))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -17,7 +17,7 @@ REDIS_CLIENTS = frozenset({"redis", "aredis", "_redis", "_aredis"})
 
 def _sources() -> list[Path]:
     found = []
-    for top in ("shared", "services", "workers"):
+    for top in ("trainyard", "shared", "services", "workers"):
         found += sorted((ROOT / top).rglob("*.py"))
     return [p for p in found if not str(p.relative_to(ROOT)).startswith(REDIS_OWNERS)]
 

@@ -11,11 +11,11 @@ import torch
 from celery import Celery
 from redis import Redis
 
+from services.api.planner import ApiPlanner
 from shared.config import Settings
 from shared.planning import (
     Line,
     NoClassFits,
-    Planner,
     choose_class,
     parse_classes,
     peak_at,
@@ -161,7 +161,7 @@ def test_a_device_no_class_serves_is_refused_before_any_probe() -> None:
     settings = Settings(_env_file=None, MEMORY_CLASSES="cpu:16")
     redis = Redis(port=1)  # never connected: nothing here may need Redis or a planner
     cache = PlanCache(redis, "trainyard", 60)
-    planner = Planner(JobRegistry(redis), cache, Celery(), settings, WorkerRegistry(redis))
+    planner = ApiPlanner(JobRegistry(redis), cache, Celery(), settings, WorkerRegistry(redis))
     cuda = JobSpecAdapter.validate_python({"task": "classifier", "device": "cuda"})
     with pytest.raises(NoClassFits) as info:
         planner.check_possible(cuda)

@@ -25,9 +25,9 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from shared.client import ApiError, Client
 from shared.schemas import SPEED_FLAGS, ClassifierSpec, JobPublic
 from shared.status import JobStatus
+from trainyard.client import ApiError, Client
 
 EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2}
 out = Console()
