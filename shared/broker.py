@@ -108,12 +108,22 @@ def _job_id_of(raw: bytes | str) -> str | None:
         return None
 
 
-def queue_depth(redis: Redis, queue: str) -> int:
-    """Messages waiting in `queue` (not counting those delivered and not yet acknowledged)."""
-    return int(redis.llen(queue))
+# kombu's Redis transport keeps a queue's waiting messages in a list named after the queue,
+# and messages delivered but not yet acknowledged in this hash.
+UNACKED = "unacked"
 
 
-def broker_job_ids(redis: Redis, queue: str) -> set[str]:
-    """Job ids with a message waiting in the queue or delivered and not yet acknowledged."""
-    raws = list(redis.lrange(queue, 0, -1)) + list(redis.hvals("unacked"))
-    return {job_id for raw in raws if (job_id := _job_id_of(raw)) is not None}
+class BrokerQueues:
+    """Reads the broker's queues (kombu's layout in Redis): the one owner of that data."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting in `queue` (not counting those delivered and not yet acknowledged)."""
+        return int(self._redis.llen(queue))
+
+    def job_ids(self, queue: str) -> set[str]:
+        """Job ids with a message waiting in `queue` or delivered and not yet acknowledged."""
+        raws = list(self._redis.lrange(queue, 0, -1)) + list(self._redis.hvals(UNACKED))
+        return {job_id for raw in raws if (job_id := _job_id_of(raw)) is not None}

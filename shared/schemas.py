@@ -342,7 +342,7 @@ class JobEvent(BaseModel):
 
     A restarted job writes a `rewind` event first: `step` is the checkpoint it resumed from and
     `attempt` the new attempt. Events of earlier attempts past that step are superseded
-    (shared/events.py: /metrics leaves them out, SSE clients drop what they drew past it)."""
+    (shared/state/events.py: /metrics leaves them out, SSE clients drop what they drew past it)."""
 
     id: str | None = Field(None, description="Redis Stream id, set when read back")
     kind: EventKind

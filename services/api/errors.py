@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from shared.catalog import DatasetNotFound
@@ -125,6 +126,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IllegalTransition)
     async def conflict(_: Request, exc: IllegalTransition) -> JSONResponse:
         return error_response(409, "conflict", str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # The client hung up before its body was complete: nothing was stored, no one reads
+        # the answer, and it is not a server error.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(400, "bad_request", "the client disconnected mid-request")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

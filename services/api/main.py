@@ -16,7 +16,7 @@ from services.api.reconciler import Reconciler
 from services.api.routes import datasets, health, jobs, ui
 from services.api.routes import workers as worker_routes
 from shared.auth import TokenTable
-from shared.broker import make_celery
+from shared.broker import BrokerQueues, make_celery
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_async_redis, connect_redis, get_settings
 from shared.logs import setup_json_logging
@@ -52,9 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             celery=celery,
             planner=ApiPlanner(registry, plans, celery, settings, workers),
         )
-        collector = JobsCollector(registry, workers, settings)
+        broker = BrokerQueues(redis)
+        collector = JobsCollector(registry, workers, broker, settings)
         REGISTRY.register(collector)
-        reconciler = Reconciler(app.state.services.planner, celery, settings)
+        reconciler = Reconciler(app.state.services.planner, broker, celery, settings)
         reconciler.start()
         yield
         reconciler.stop()

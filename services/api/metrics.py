@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.broker import queue_depth
+from shared.broker import BrokerQueues
 from shared.config import Settings
 from shared.planning import all_queues
 from shared.state.heartbeats import WorkerRegistry
@@ -42,8 +42,19 @@ JOBS_SUBMITTED = Counter(
 
 
 class JobsCollector(Collector):
-    def __init__(self, registry: JobRegistry, workers: WorkerRegistry, settings: Settings) -> None:
-        self.registry, self.workers, self.settings = registry, workers, settings
+    def __init__(
+        self,
+        registry: JobRegistry,
+        workers: WorkerRegistry,
+        broker: BrokerQueues,
+        settings: Settings,
+    ) -> None:
+        self.registry, self.workers, self.broker, self.settings = (
+            registry,
+            workers,
+            broker,
+            settings,
+        )
 
     def collect(self) -> Iterator[Metric]:
         stats = self.registry.stats()
@@ -60,7 +71,7 @@ class JobsCollector(Collector):
             "trainyard_queue_depth", "Messages waiting, by queue", labels=["queue"]
         )
         for queue in all_queues(self.settings):
-            depth.add_metric([queue], queue_depth(self.registry.redis, queue))
+            depth.add_metric([queue], self.broker.depth(queue))
         yield depth
         states = [job.status for job in self.registry.active()]
         jobs = GaugeMetricFamily(

@@ -21,7 +21,7 @@ async def pending_info(
 ) -> PendingInfo:
     """Why a queued job waits: its place in its class's queue, that class's workers, an ETA
     when one can be estimated from recent jobs' durations; or that it is being planned (its
-    memory probe is running: no class chosen yet, see shared/planning.py)."""
+    memory probe is running: no class chosen yet, see services/api/planner.py)."""
     if job.queue is None and job.planning:
         every = await workers.aonline()
         busy_any = sum(1 for w in every if w.busy_with)

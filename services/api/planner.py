@@ -102,10 +102,10 @@ class ApiPlanner(Planner):
             await asyncio.sleep(min(self.POLL_S, budget_s - waited))
         return found
 
-    async def await_probe(self, key: str, job_id: str) -> None:
+    async def add_waiting(self, key: str, job_id: str) -> None:
         """Put `job_id` on `key`'s waiting set: call before the job is stored, so the
         planner worker that ends the probe routes it (settle())."""
-        await self.cache.await_probe(key, job_id, max(60, int(self.settings.PLAN_TIMEOUT_S) + 60))
+        await self.cache.add_waiting(key, job_id, max(60, int(self.settings.PLAN_TIMEOUT_S) + 60))
 
     async def asettle_if_probed(self, key: str, job_id: str) -> bool:
         """After the job is stored: if the probe ended meanwhile (its planner may have looked

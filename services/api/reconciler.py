@@ -9,7 +9,7 @@
   one Redis script.
 - a `queued` job still waiting for its memory probe (accepted while being planned): routed
   (or failed) if the probe is cached, for the process that should have done it died; run
-  unplanned past PLAN_TIMEOUT_S (see Planner.reconcile).
+  unplanned past PLAN_TIMEOUT_S (see ApiPlanner.reconcile).
 
 Duplicate messages are harmless: a worker only trains a job whose lease it takes. Runs in the
 API process; a Redis lock makes one replica do each pass."""
@@ -22,7 +22,7 @@ import threading
 from celery import Celery
 
 from services.api.planner import ApiPlanner
-from shared.broker import broker_job_ids, enqueue_training
+from shared.broker import BrokerQueues, enqueue_training
 from shared.config import Settings
 from shared.state.heartbeats import FORGET_AFTER_S
 from shared.state.records import status_event, utcnow
@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, planner: ApiPlanner, celery: Celery, settings: Settings) -> None:
-        self.planner, self.celery, self.settings = planner, celery, settings
+    def __init__(
+        self, planner: ApiPlanner, broker: BrokerQueues, celery: Celery, settings: Settings
+    ) -> None:
+        self.planner, self.broker, self.celery, self.settings = planner, broker, celery, settings
         self.registry, self.workers = planner.registry, planner.workers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -61,7 +63,7 @@ class Reconciler:
         # Scanning the broker reads every message: only when some job has waited that long.
         in_broker: set[str] = set()
         for queue in set(waiting.values()):
-            in_broker |= broker_job_ids(self.registry.redis, queue)
+            in_broker |= self.broker.job_ids(queue)
         for job_id, queue in waiting.items():
             if job_id not in in_broker and self._resend(job_id, queue):
                 done["resent"].append(job_id)

@@ -37,8 +37,8 @@ async def submit(
     routing = await _plan(app.planner, spec, info, owner)
     job_id = new_job_id()
     queue = routing.queue or settings.QUEUE
-    if routing.planning:  # no class yet, so no message: the planner routes it (see Planner)
-        await app.planner.await_probe(routing.planning, job_id)
+    if routing.planning:  # no class, so no message yet: the planner routes it
+        await app.planner.add_waiting(routing.planning, job_id)
     idempotency = None
     if idempotency_key is not None:
         digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
@@ -77,7 +77,7 @@ async def submit(
 
 
 async def _plan(planner: ApiPlanner, spec: JobSpec, info: DatasetInfo, owner: str) -> Routing:
-    """The job's routing (see Planner.aplan): 422 when no class can run it, 429 past the
+    """The job's routing (see ApiPlanner.aplan): 422 when no class can run it, 429 past the
     owner's PLAN_PROBES_PER_MINUTE."""
     try:
         return await planner.aplan(spec, info.image, info.num_classes, owner)

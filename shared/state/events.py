@@ -7,7 +7,7 @@ and SSE replays it before following live events (clients apply live rewinds them
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis import Redis
@@ -38,7 +38,9 @@ class EventStream:
         self, lease: Lease, events: list[JobEvent], progress: dict[str, str] | None = None
     ) -> list[str]:
         """Append events (and set progress fields on the job) only while `lease` is held;
-        LeaseLost otherwise. One round trip."""
+        LeaseLost otherwise. One round trip. Not `status` events: ValueError (a status event
+        is written with its status change, by JobRegistry)."""
+        _no_status_events(events)
         k, job_id = self.keys, lease.job_id
         flat = [x for item in (progress or {}).items() for x in item]
         payloads = [e.model_dump_json(exclude={"id"}) for e in events]
@@ -50,8 +52,10 @@ class EventStream:
             raise LeaseLost(f"job {job_id}: lease {lease.token} is no longer held")
         return [text(i) for i in ids]
 
-    def publish(self, job_id: str, events: Iterable[JobEvent]) -> list[str]:
-        """Append events in one round trip; returns their stream ids."""
+    def publish(self, job_id: str, events: list[JobEvent]) -> list[str]:
+        """Append events in one round trip, unfenced (tests, and tools that replay a stream);
+        returns their stream ids. Not `status` events: ValueError."""
+        _no_status_events(events)
         pipe = self.redis.pipeline(transaction=False)
         for event in events:
             payload = event.model_dump_json(exclude={"id"})
@@ -110,6 +114,11 @@ class EventStream:
             self.keys.events(job_id), min=f"({last}", max="+", count=1
         )
         return not newer
+
+
+def _no_status_events(events: list[JobEvent]) -> None:
+    if any(e.kind == "status" for e in events):
+        raise ValueError("a status event is written with its status change (JobRegistry)")
 
 
 def is_terminal(event: JobEvent) -> bool:

@@ -28,7 +28,6 @@ from shared.state.records import (
     JobRecord,
     QueueFull,
     decode,
-    encode,
     event_payload,
     flatten,
     make_cursor,
@@ -343,6 +342,7 @@ class JobRegistry:
 
         With `lease`, only while that lease is held (LeaseLost otherwise); `release` drops it.
         Raises JobNotFound, or IllegalTransition when the current state does not allow it."""
+        _no_status(fields)
         sources = [s.value for s in sources_of(target)]
         if target.is_terminal():
             fields.setdefault("finished_at", utcnow())
@@ -387,6 +387,7 @@ class JobRegistry:
         still queued and waiting on `plan_key`. True if this call settled it. Sends no
         message."""
         assert target in (JobStatus.QUEUED, JobStatus.FAILED)
+        _no_status(fields)
         if target.is_terminal():
             fields.setdefault("finished_at", utcnow())
         else:
@@ -428,13 +429,11 @@ class JobRegistry:
             )
         )
 
-    def update(self, job_id: str, lease: Lease | None = None, **fields: Any) -> None:
-        """Set non-status fields (progress, ...); with `lease`, only while it is held."""
-        if lease is None:
-            self.redis.hset(
-                self.keys.job(job_id), mapping={k: encode(v) for k, v in fields.items()}
-            )
-        elif not self._fenced_hset(
+    def update(self, job_id: str, lease: Lease, **fields: Any) -> None:
+        """Set fields other than the status (progress, the committed checkpoint) while `lease`
+        is held; LeaseLost otherwise."""
+        _no_status(fields)
+        if not self._fenced_hset(
             keys=[self.keys.job(job_id), self.keys.lease(job_id)],
             args=[lease.token, *flatten(fields)],
         ):
@@ -512,6 +511,11 @@ def _visible(job: JobRecord, principal: Principal) -> JobRecord:
     if not principal.can_see(job.owner):
         raise JobNotFound(job.id)
     return job
+
+
+def _no_status(fields: dict[str, Any]) -> None:
+    if "status" in fields:
+        raise ValueError("a job's status moves only with its event: pass the target instead")
 
 
 def _rows(values: list[list[Any]]) -> list[list[str | None]]:

@@ -42,7 +42,7 @@ class RedisKeys:
 
     def queued(self, queue: str | None) -> str:
         """ZSET: queued jobs of one queue, ordered by when they entered `queued`: a job's place
-        in line is its ZRANK. Scripts build it from `script_prefix()` (scripts.QUEUED_INDEX)."""
+        in line is its ZRANK. Scripts build it from `script_prefix()` (scripts.py: index_queued)."""
         return f"{self.prefix}:queued:{queue or ''}"
 
     def owner_queued(self, owner: str) -> str:

@@ -55,7 +55,7 @@ class Leases:
         """Take the job's lease and mark it running (with its `running` status event), if
         nobody holds it and fewer than `max_attempts` attempts were used."""
         k = self.keys
-        # The script fills in the attempt and fence it decides on.
+        # The script fills in the attempt and fence it decides on (see scripts.ACQUIRE).
         event = json.loads(
             event_payload(
                 status_event(worker=worker, attempt="@attempt", fence="@fence"),
@@ -77,7 +77,7 @@ class Leases:
                 int(ttl_s * 1000),
                 max_attempts,
                 utcnow().isoformat(),
-                json.dumps(event),
+                json.dumps(event, separators=(", ", ": ")),
                 MAX_EVENTS,
                 *(s.value for s in TERMINAL),
             ],

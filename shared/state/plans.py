@@ -83,7 +83,7 @@ class PlanCache:
 
     # --- jobs waiting for a probe
 
-    async def await_probe(self, key: str, job_id: str, ttl_s: int) -> None:
+    async def add_waiting(self, key: str, job_id: str, ttl_s: int) -> None:
         """Put `job_id` on `key`'s waiting set (kept `ttl_s`)."""
         waiting = self.keys.plan_waiting(key)
         pipe = self.aredis.pipeline(transaction=False)

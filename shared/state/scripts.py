@@ -103,7 +103,9 @@ return {'illegal', cur}
 
 # Take a job: it must be queued, or running with no live lease (its worker died). Counts the
 # attempt; refuses past the budget (attempts that did not end in a graceful requeue). The
-# `running` event is a template: "@attempt" and "@fence" (quoted) become the numbers.
+# `running` event is a template: its members `"attempt": "@attempt"` and `"fence": "@fence"`
+# (json.dumps' separators) become the numbers. A string in the event cannot hold that text:
+# JSON escapes its quotes.
 # KEYS: job, lease, fence, lease log, key prefix, events.
 # ARGV: worker, ttl_ms, max_attempts, now, event, maxlen, terminal...
 ACQUIRE = (
@@ -132,8 +134,8 @@ if not redis.call('HGET', KEYS[1], 'started_at') then
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'event', 'acquired', 'worker', ARGV[1],
            'fence', fence, 'attempt', attempts + 1, 'time', ARGV[4])
-local event = string.gsub(ARGV[5], '"@attempt"', tostring(attempts + 1))
-event = string.gsub(event, '"@fence"', tostring(fence))
+local event = string.gsub(ARGV[5], '"attempt": "@attempt"', '"attempt": ' .. (attempts + 1))
+event = string.gsub(event, '"fence": "@fence"', '"fence": ' .. fence)
 append_event(KEYS[6], ARGV[6], event)
 return {'ok', token, tostring(fence), tostring(attempts + 1)}
 """

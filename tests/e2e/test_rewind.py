@@ -62,6 +62,15 @@ class Held:
                 self.emit("checkpoint", step, 1)
                 self.emit("sample", step, 1)
 
+    def restart(self) -> None:
+        """Attempt 1's worker died: its lease lapses, the reconciler's reclaim puts the job
+        back in the queue, and attempt 2 takes it (a `running` event with attempt 2)."""
+        self.registry.redis.delete(self.registry.keys.lease(self.id))
+        assert self.registry.reclaim(self.id, status_event(1, reason="test: worker lost"))
+        got = self.registry.leases.acquire(self.id, "e2e-rewind", ttl_s=600, max_attempts=5)
+        assert got.lease is not None and got.lease.attempt == 2
+        self.lease = got.lease
+
     def end(self) -> None:
         event = status_event(2, reason="test over")
         self.registry.transition(self.id, JobStatus.CANCELLED, event, self.lease, release=True)
@@ -92,7 +101,7 @@ def test_a_live_rewind_drops_what_the_page_drew_past_its_step(
 
     # The worker died; the next attempt resumes from the checkpoint of step 10 (the one of
     # step 15 was found corrupt, say): its rewind arrives while the page is open.
-    held.emit("status", 0, 2, status="running")
+    held.restart()
     held.emit("rewind", 10, 2, resumed_from=10)
     expect(loss).to_have_attribute("data-points", "10", timeout=UI_TIMEOUT_MS)
     expect(step).to_have_attribute("data-step", "10")

@@ -414,3 +414,23 @@ def test_a_request_head_over_16_kib_is_refused_and_closed(stack: Stack, shape: s
             rest = b""
     assert 400 <= answer.status < 500, answer  # an answer at all: the head never ended
     assert rest == b"", "the connection stayed open"
+
+
+def test_a_client_that_hangs_up_mid_upload_is_no_server_error(stack: Stack) -> None:
+    """An upload whose client disconnects after part of its body: logged as a disconnect,
+    nothing stored, never an unhandled error (a 500 in the log)."""
+    api_log = stack.api.log_file
+    before = api_log.read_text(errors="replace").count("client disconnected during POST")
+    head = _head(stack, "/v1/datasets", stack.config.api_token, MULTIPART, UPLOAD_LIMIT // 2)
+    part = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; '
+    part += 'filename="half.zip"\r\nContent-Type: application/zip\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", stack.config.api_port), ANSWER_WITHIN_S) as s:
+        s.sendall(head + part.encode() + os.urandom(100_000))
+    wait_for(
+        lambda: (
+            api_log.read_text(errors="replace").count("client disconnected during POST") > before
+        ),
+        20,
+        "the API to notice the disconnect",
+    )
+    assert "ClientDisconnect" not in api_log.read_text(errors="replace")

@@ -74,6 +74,18 @@ def users(planned: Stack) -> Iterator[dict[str, Client]]:
         c.close()
 
 
+@pytest.fixture
+def quiet_planner(redis: Redis) -> None:
+    """No probe asked or running: what another test asked for (in any order) is done, so it
+    neither lands in this test's cache snapshot nor waits in the plan queue."""
+
+    def quiet() -> bool:
+        inflight = list(redis.scan_iter(f"{KEYS.prefix}:plan:inflight:*"))
+        return redis.llen(plan_queue("trainyard")) == 0 and not inflight
+
+    wait_for(quiet, 240, "the planner to finish the probes other tests asked for")
+
+
 def key_of(body: dict[str, Any]) -> str:
     return plan_key(JobSpecAdapter.validate_python(body), MNIST.image, MNIST.num_classes)
 
@@ -105,7 +117,7 @@ def stop(client: Client, job_id: str) -> None:
 
 
 def test_a_device_no_class_serves_is_a_422_without_any_probe(
-    users: dict[str, Client], redis: Redis
+    users: dict[str, Client], redis: Redis, quiet_planner: None
 ) -> None:
     before = plan_entries(redis)
     with pytest.raises(ApiError) as info:
@@ -118,7 +130,7 @@ def test_a_device_no_class_serves_is_a_422_without_any_probe(
 
 
 def test_crop_values_with_one_effective_shape_share_one_cache_key_with_a_ttl(
-    users: dict[str, Client], redis: Redis
+    users: dict[str, Client], redis: Redis, quiet_planner: None
 ) -> None:
     before = {k for k in plan_entries(redis) if k.count(":") == 2}  # trainyard:plan:<key>
     bodies = [
@@ -138,7 +150,7 @@ def test_crop_values_with_one_effective_shape_share_one_cache_key_with_a_ttl(
 
 
 def test_a_new_shape_with_the_planner_stopped_is_accepted_then_settled_without_the_api(
-    planned: Stack, users: dict[str, Client], reg: JobRegistry, redis: Redis
+    planned: Stack, users: dict[str, Client], reg: JobRegistry, redis: Redis, quiet_planner: None
 ) -> None:
     fits = {"task": "classifier", "model": "book_mlp", "max_steps": 3, "log_every": 1}
     # conv_cgan at 32x32, batch 4096: about 1.9 GiB, more than the 0.9 GiB the class allows.
@@ -231,7 +243,10 @@ def test_the_reconciler_routes_a_job_left_waiting_on_a_cached_probe(
     # on no waiting set, with no queue message.
     body = {"task": "gan", "model": "conv_gan", "max_steps": 1}
     key = key_of(body)
-    assert redis.exists(KEYS.plan_cache(key))  # probed by an earlier test
+    probed = users["alice"].submit(body)  # its shape probed (cached), whatever ran before
+    wait_for(lambda: users["alice"].get(probed.id).memory_class == "cpu", 120, "the probe")
+    stop(users["alice"], probed.id)
+    assert redis.exists(KEYS.plan_cache(key))
     job = reg.create(JobSpecAdapter.validate_python(body), "alice", planning=key)
     wait_for(lambda: reg.get(job.id).memory_class == "cpu", 60, "the reconciler to route it")
     routed = reg.get(job.id)

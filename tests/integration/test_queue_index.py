@@ -12,6 +12,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared.schemas import ClassifierSpec
+from shared.state.events import EventStream
 from shared.state.jobs import JobRegistry
 from shared.state.records import QueueFull, status_event
 from shared.status import JobStatus
@@ -100,3 +101,25 @@ def test_recent_durations_feed_etas_and_are_reused_for_a_while(
         seen = thread.submit(asyncio.run, scenario()).result(timeout=60)
     assert [len(s) for s in seen] == [0, 1, 1, 2]
     assert all(d >= 0 for d in seen[-1])
+
+
+def test_the_running_event_names_its_worker_attempt_and_fence_whatever_the_worker_is_called(
+    reg: JobRegistry,
+) -> None:
+    """The acquire script fills the attempt and fence into the `running` event: a worker name
+    that looks like the template's placeholders stays a name, and the event stays JSON."""
+    events = EventStream(reg.redis, reg.keys.prefix)
+    job_id = reg.create(ClassifierSpec(), "ann").id
+    worker = 'w"@fence "fence": "@fence" "attempt": "@attempt"'
+    for attempt in (1, 2):
+        lease = reg.leases.acquire(job_id, worker, ttl_s=30, max_attempts=5).lease
+        assert lease is not None and lease.attempt == attempt
+        running = [e for e in events.read(job_id) if e.info.get("status") == "running"]
+        assert running[-1].attempt == attempt
+        assert running[-1].info == {
+            "status": "running",
+            "worker": worker,
+            "attempt": attempt,
+            "fence": lease.fence,
+        }
+        reg.transition(job_id, JobStatus.QUEUED, status_event(attempt), lease, release=True)

@@ -60,7 +60,7 @@ def test_create_pushes_the_message_in_the_same_step(stack: Stack, redis: Redis) 
         1,
         message=(queue, training_message(celery, "job-a", queue)),
     )
-    # The queue holds this job's message and nothing else (broker_job_ids would also count
+    # The queue holds this job's message and nothing else (BrokerQueues.job_ids would also count
     # `unacked`, shared by every queue: a job of an earlier test may still be in a worker).
     assert [_job_id_of(m) for m in redis.lrange(queue, 0, -1)] == [job.id]
 

@@ -1,5 +1,5 @@
 """A restarted job's event history: the rewind a resume writes and the KeptHistory that keeps
-each step once (shared/events.py). Streams with real Redis: tests/integration."""
+each step once (shared/state/events.py). Streams with real Redis: tests/integration."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def fit(spec: JobSpec, run: Run | None = None, micro_batch: int | None = None) -
     step = _resume(run, recipe)
     if step or run.attempt > 1:
         # A restart: what an earlier attempt logged past `step` is superseded from here on
-        # (shared/events.py). Published with the start log, before this attempt's steps.
+        # (shared/state/events.py). Published with the start log, before this attempt's steps.
         run.emit("rewind", step, step // len(batches), info={"resumed_from": step})
     run.emit(
         "log",

@@ -300,7 +300,7 @@ class JobExecutor:
         try:
             self.registry.transition(job_id, JobStatus.FAILED, event, error=error)
         except IllegalTransition:
-            return JobStatus(self.registry.get(job_id).status)
+            return self.registry.get(job_id).status
         return JobStatus.FAILED
 
     def _status_event(self, attempt: int, **info: Any) -> JobEvent:

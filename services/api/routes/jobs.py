@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from services.api import reads
 from services.api.deps import (
     EventsDep,
     JobIdDep,
     PrincipalDep,
     RegistryDep,
     SettingsDep,
-    StoreDep,
     get_principal,
     services,
 )
 from services.api.errors import ERROR_RESPONSES, ApiProblem
-from services.api.pending import public_job
 from services.api.submit import submit
 from shared.schemas import (
-    ArtifactPublic,
     ArtifactsPublic,
     ErrorResponse,
     EventKind,
@@ -37,7 +33,6 @@ from shared.schemas import (
 )
 from shared.state.records import CURSOR, InvalidCursor
 from shared.status import JobStatus
-from shared.storage import ArtifactNotFound, JobKeys
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -140,10 +135,7 @@ def list_jobs(
 @router.get("/{job_id}")
 async def get_job(request: Request, job_id: JobIdDep, principal: PrincipalDep) -> JobPublic:
     """One job: status, progress, result; a queued job says why it waits."""
-    app = services(request)  # a hot path: its clients without a dependency each
-    return await public_job(
-        await app.registry.aget_for(job_id, principal), app.registry, app.workers
-    )
+    return await reads.job(services(request), job_id, principal)  # a hot path: no dependencies
 
 
 @router.post("/{job_id}/cancel")
@@ -155,9 +147,8 @@ def cancel_job(job_id: JobIdDep, principal: PrincipalDep, registry: RegistryDep)
 @router.get("/{job_id}/metrics")
 def job_metrics(
     job_id: JobIdDep,
+    request: Request,
     principal: PrincipalDep,
-    registry: RegistryDep,
-    events: EventsDep,
     kind: Annotated[EventKind | None, Query()] = None,
     after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
 ) -> JobEventsPublic:
@@ -166,9 +157,7 @@ def job_metrics(
     resumed from is left out (the `rewind` events say where; every event has its `attempt`).
     `kind` filters strictly: a reader that polls with `after` and a kind also asks for
     `kind=rewind`, or it cannot drop what it holds past a rewind."""
-    registry.get_for(job_id, principal)
-    found = [e for e in events.history(job_id, after=after) if kind is None or e.kind == kind]
-    return JobEventsPublic(data=found, count=len(found))
+    return reads.history(services(request), job_id, principal, kind, after)
 
 
 @router.get(
@@ -201,7 +190,7 @@ async def job_events(
     after the job's terminal status event. The history so far comes as /metrics gives it;
     after that, a `rewind` event (a restarted job) tells the client to drop what it has past
     the rewind's step."""
-    await asyncio.to_thread(registry.get_for, job_id, principal)
+    await registry.aget_for(job_id, principal)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         sent = 0
@@ -216,24 +205,9 @@ async def job_events(
 
 
 @router.get("/{job_id}/artifacts")
-def job_artifacts(
-    job_id: JobIdDep,
-    principal: PrincipalDep,
-    registry: RegistryDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> ArtifactsPublic:
+def job_artifacts(job_id: JobIdDep, request: Request, principal: PrincipalDep) -> ArtifactsPublic:
     """The job's objects in storage, each with a presigned GET URL (valid PRESIGN_EXPIRY_S)."""
-    registry.get_for(job_id, principal)
-    expires = timedelta(seconds=settings.PRESIGN_EXPIRY_S)
-    prefix = JobKeys(job_id).prefix
-    found = [
-        ArtifactPublic(
-            key=o.key, path=o.key.removeprefix(prefix), size=o.size, url=store.url(o.key, expires)
-        )
-        for o in store.list_prefix(prefix)
-    ]
-    return ArtifactsPublic(data=found, count=len(found))
+    return reads.artifacts(services(request), job_id, principal)
 
 
 @router.get(
@@ -256,23 +230,17 @@ def download_artifact(
             description="Relative to the job, e.g. final/model.pt (no '..', no leading dot)",
         ),
     ],
+    request: Request,
     principal: PrincipalDep,
-    registry: RegistryDep,
-    store: StoreDep,
 ) -> StreamingResponse:
     """One artifact streamed through the API, for clients that cannot reach object storage.
     `path` is relative to the job (e.g. final/model.pt)."""
-    registry.get_for(job_id, principal)
-    try:
-        chunks, size, content_type = store.open(JobKeys(job_id).prefix + path)
-    except ArtifactNotFound as exc:
-        raise ApiProblem(404, f"job {job_id} has no artifact {path!r}") from exc
-    filename = path.rsplit("/", 1)[-1]
+    found = reads.open_artifact(services(request), job_id, principal, path)
     return StreamingResponse(
-        chunks,
-        media_type=content_type,
+        found.chunks,
+        media_type=found.content_type,
         headers={
-            "Content-Length": str(size),
-            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(found.size),
+            "Content-Disposition": f'attachment; filename="{found.filename}"',
         },
     )
