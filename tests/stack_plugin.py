@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
+
 from devstack.stack import Stack, StackConfig
 from trainyard.client import Client
 
@@ -29,6 +31,15 @@ def running_stack(config: StackConfig, logs: int = 40) -> Iterator[Stack]:
     finally:
         print(stack.logs(logs))
         stack.down()
+
+
+@contextmanager
+def http_for(stack: Stack, timeout: float = 60) -> Iterator[httpx.Client]:
+    """Raw HTTP as the stack's own user ("dev"), for what the SDK does not expose (bad input,
+    headers), closed after the `with` block."""
+    headers = {"Authorization": f"Bearer {stack.config.api_token}"}
+    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=timeout) as c:
+        yield c
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, Request, sync_playwright
 from devstack.stack import Stack, StackConfig
 from shared.status import JobStatus
 from tests.e2e.browser import CHROMIUM, UI_TIMEOUT_MS, VIEWPORT, launch, shot
-from tests.stack_plugin import client_for, running_stack
+from tests.stack_plugin import client_for, http_for, running_stack
 from trainyard.client import Client
 
 # The small GAN of these tests: 60 steps, a sample grid every 15 (4 grids), metrics every 10.
@@ -88,8 +88,7 @@ def token(stack: Stack) -> str:
 
 @pytest.fixture(scope="session")
 def http(stack: Stack) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {stack.config.api_token}"}
-    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=30) as c:
+    with http_for(stack, timeout=30) as c:
         yield c
 
 

@@ -15,7 +15,7 @@ from devstack.stack import Stack, StackConfig
 from shared.auth import new_token
 from shared.state.jobs import JobRegistry
 from shared.storage import S3ArtifactStore
-from tests.stack_plugin import client_for, running_stack
+from tests.stack_plugin import client_for, http_for, running_stack
 from trainyard.client import Client
 
 UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 256 MiB
@@ -59,8 +59,7 @@ def client(stack: Stack) -> Iterator[Client]:
 @pytest.fixture(scope="session")
 def http(stack: Stack) -> Iterator[httpx.Client]:
     """Raw HTTP as the local user "dev", for what the SDK does not expose (bad input)."""
-    headers = {"Authorization": f"Bearer {stack.config.api_token}"}
-    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=60) as c:
+    with http_for(stack) as c:
         yield c
 
 
