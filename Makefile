@@ -3,20 +3,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Tests run in file order, so a CI run is repeatable; `make test-random` runs every test in a
+# new random order (pytest-randomly prints its seed: rerun it with --randomly-seed=N).
+ORDER := -p no:randomly
 
-.PHONY: demo test up down status install lint test-unit test-integration clean bench
+.PHONY: demo test test-random up down status install lint test-unit test-integration clean bench
 
 demo: install up
 	$(PY) -m devstack.demo
 
 test: install container-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(ORDER) $(PYTEST_ARGS)
+
+test-random: install container-deps
+	$(PY) -m pytest -p randomly $(PYTEST_ARGS)
 
 test-unit: install
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest $(ORDER) tests/unit $(PYTEST_ARGS)
 
 test-integration: install
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest $(ORDER) tests/integration $(PYTEST_ARGS)
 
 up: install
 	$(PY) -m devstack up

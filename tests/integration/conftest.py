@@ -20,9 +20,10 @@ from trainyard.client import Client
 
 UPLOAD_LIMIT = 4_000_000  # small, so the 413 path is tested without sending 256 MiB
 QUEUE_CAP = 20  # per owner; small enough to reach in a test
-# Users besides "dev" (the stack's own): two owners, an admin, one for the queue cap, and one
-# whose jobs are a playground (test_params.py; the fuzzer's, on its own stack).
-USERS = {name: new_token() for name in ("alice", "bob", "root", "carol", "fuzz")}
+# Users besides "dev" (the stack's own): two owners, an admin, one for the queue cap, one whose
+# jobs are a playground (test_params.py; the fuzzer's, on its own stack), and one whose every
+# job the paging test knows (tests run in any order: no other test may add to its list).
+USERS = {name: new_token() for name in ("alice", "bob", "root", "carol", "fuzz", "dana")}
 OVERRIDES = {
     "TRAINYARD_UPLOAD_MAX_BYTES": str(UPLOAD_LIMIT),
     "TRAINYARD_MAX_QUEUED_PER_OWNER": str(QUEUE_CAP),

@@ -155,25 +155,25 @@ def test_idempotency_key(as_user: dict[str, Client], http: httpx.Client) -> None
 
 
 def test_cursor_pages_filter_and_never_repeat(as_user: dict[str, Client]) -> None:
-    carol = as_user["carol"]
-    ids = [carol.submit({**TINY, "max_steps": 1, "seed": i}).id for i in range(7)]
-    gan = carol.submit({"task": "gan", "max_steps": 1, "batch_size": 8}).id
+    dana = as_user["dana"]  # no other test submits as dana
+    ids = [dana.submit({**TINY, "max_steps": 1, "seed": i}).id for i in range(7)]
+    gan = dana.submit({"task": "gan", "max_steps": 1, "batch_size": 8}).id
     seen: list[str] = []
     cursor = None
     while True:
-        page = carol.list_jobs(limit=3, cursor=cursor)
+        page = dana.list_jobs(limit=3, cursor=cursor)
         seen += [j.id for j in page.data]
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
     assert seen == [gan, *ids[::-1]]  # newest first, each once
-    assert [j.id for j in carol.list_jobs(task="gan").data] == [gan]
+    assert [j.id for j in dana.list_jobs(task="gan").data] == [gan]
     for job_id in [*ids, gan]:
-        carol.wait(job_id, timeout=240)
-    done = [j.id for j in carol.list_jobs(status="succeeded", limit=200).data]
+        dana.wait(job_id, timeout=240)
+    done = [j.id for j in dana.list_jobs(status="succeeded", limit=200).data]
     assert set(done) == {*ids, gan}
     with pytest.raises(ApiError) as info:
-        carol.list_jobs(cursor="garbage!")
+        dana.list_jobs(cursor="garbage!")
     assert info.value.status_code == 422 and info.value.field == "cursor"
 
 
