@@ -25,6 +25,7 @@ from services.api.planner import ApiPlanner
 from shared.broker import BrokerQueues, enqueue_training
 from shared.config import Settings
 from shared.state.heartbeats import FORGET_AFTER_S
+from shared.state.jobs import ActiveJob
 from shared.state.records import status_event, utcnow
 from shared.status import JobStatus
 
@@ -48,44 +49,43 @@ class Reconciler:
             return done  # another replica is on it
         done["forgot"] = self.workers.prune(FORGET_AFTER_S)
         grace = self.settings.RECONCILE_GRACE_S
-        waiting: dict[str, str] = {}  # queued past the grace period: is its message there?
+        waiting: list[ActiveJob] = []  # queued past the grace period: is its message there?
         for job in self.registry.active():
             queue = job.queue or self.settings.QUEUE
             age = (utcnow() - job.since).total_seconds()
-            if job.status is JobStatus.RUNNING and self._reclaim(job.id):
+            if job.status is JobStatus.RUNNING and self._reclaim(job):
                 enqueue_training(self.celery, job.id, queue)
                 done["reclaimed"].append(job.id)
             elif job.status is JobStatus.QUEUED and job.planning is not None:  # no message yet
                 if age > grace and self.planner.reconcile(job.id, job.planning, age):
                     done["planned"].append(job.id)
             elif job.status is JobStatus.QUEUED and age > grace:
-                waiting[job.id] = queue
+                waiting.append(job)
         # Scanning the broker reads every message: only when some job has waited that long.
         in_broker: set[str] = set()
-        for queue in set(waiting.values()):
+        for queue in {job.queue or self.settings.QUEUE for job in waiting}:
             in_broker |= self.broker.job_ids(queue)
-        for job_id, queue in waiting.items():
-            if job_id not in in_broker and self._resend(job_id, queue):
-                done["resent"].append(job_id)
+        for job in waiting:
+            if job.id not in in_broker and self._resend(job):
+                done["resent"].append(job.id)
         return done
 
-    def _reclaim(self, job_id: str) -> bool:
-        """Requeue a running job whose worker stopped renewing its lease (lost)."""
-        attempt = self.registry.get(job_id).attempts  # the one that was lost
+    def _reclaim(self, job: ActiveJob) -> bool:
+        """Requeue a running job whose worker stopped renewing its lease (lost); its event
+        names the attempt that was lost."""
         reason = "reconciler: its worker stopped renewing the lease (lost)"
-        if not self.registry.reclaim(job_id, status_event(attempt, reason=reason)):
+        if not self.registry.reclaim(job.id, status_event(job.attempts, reason=reason)):
             return False
-        log.warning("reconciler: requeued job %s: %s", job_id, reason)
+        log.warning("reconciler: requeued job %s: %s", job.id, reason)
         return True
 
-    def _resend(self, job_id: str, queue: str) -> bool:
+    def _resend(self, job: ActiveJob) -> bool:
         """Send a queued job's message again (its status does not change)."""
         reason = "reconciler: its queue message was lost"
-        attempt = self.registry.get(job_id).attempts
-        if not self.registry.mark_resent(job_id, status_event(attempt, reason=reason)):
+        if not self.registry.mark_resent(job.id, status_event(job.attempts, reason=reason)):
             return False  # started or cancelled meanwhile
-        log.warning("reconciler: re-sending job %s: %s", job_id, reason)
-        enqueue_training(self.celery, job_id, queue)
+        log.warning("reconciler: re-sending job %s: %s", job.id, reason)
+        enqueue_training(self.celery, job.id, job.queue or self.settings.QUEUE)
         return True
 
     def start(self) -> None:

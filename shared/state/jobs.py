@@ -65,6 +65,7 @@ class ActiveJob:
     queue: str | None
     since: datetime  # entered its queue (or was created)
     planning: str | None
+    attempts: int  # worker starts so far
 
 
 Signal = Literal["cancel", "shutdown"]
@@ -267,11 +268,11 @@ class JobRegistry:
         members = [text(m) for m in self.redis.smembers(self.keys.active())]
         pipe = self.redis.pipeline(transaction=False)
         for key in members:
-            pipe.hmget(key, "status", "queue", "enqueued_at", "created_at", "planning")
+            pipe.hmget(key, "status", "queue", "enqueued_at", "created_at", "planning", "attempts")
         found = []
         prefix = self.keys.job("")
         for key, values in zip(members, pipe.execute(), strict=True):
-            status, queue, enqueued, created, planning = (
+            status, queue, enqueued, created, planning, attempts = (
                 None if v is None else text(v) for v in values
             )
             if status is None:
@@ -279,7 +280,9 @@ class JobRegistry:
                 continue
             since = datetime.fromisoformat(enqueued or created or utcnow().isoformat())
             job_id = key.removeprefix(prefix)
-            found.append(ActiveJob(job_id, JobStatus(status), queue, since, planning))
+            found.append(
+                ActiveJob(job_id, JobStatus(status), queue, since, planning, int(attempts or 0))
+            )
         return found
 
     def stats(self) -> dict[str, int]:
