@@ -136,6 +136,43 @@ class Settings(BaseSettings):
         2 * 2**30, ge=0, description="Decoded data sets a worker keeps in memory (LRU), bytes"
     )
 
+    # GAN sample quality and training health (docs/quality.md).
+    QUALITY: bool = Field(True, description="Score GAN samples every sample_every steps")
+    QUALITY_SAMPLES: int = Field(
+        1000, ge=2, le=50_000, description="Generated (and real test) images per quality score"
+    )
+    QUALITY_INCEPTION_KEY: str = Field(
+        "models/inception/weights-inception-2015-12-05-6726825d.pth",
+        description="Object key of the FID Inception-v3 weights (unlabelled data sets)",
+    )
+    QUALITY_INCEPTION_DOWNLOAD: bool = Field(
+        False,
+        description="Let a worker download the Inception-v3 weights (and store them at "
+        "QUALITY_INCEPTION_KEY) when the object store has none; off: FID is skipped",
+    )
+    HEALTH_SATURATION_D_FAKE: float = Field(
+        1e-3, gt=0, lt=1, description="D(G(z)) at or below this counts as D winning outright"
+    )
+    HEALTH_SATURATION_G_LOSS: float = Field(
+        50.0, gt=0, description="...with G's loss at or above this (BCE clamps it at 100)"
+    )
+    HEALTH_SATURATION_LOGS: int = Field(
+        10, ge=1, description="Consecutive logged steps of both before the warning"
+    )
+    HEALTH_COLLAPSE_RATIO: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Mode collapse: the fixed-seed samples' mean pairwise distance below this "
+        "share of the real test images' mean pairwise distance",
+    )
+    HEALTH_CHANCE_EPOCHS: int = Field(
+        3, ge=1, description="A classifier is judged against chance after this many epochs"
+    )
+    HEALTH_CHANCE_MARGIN: float = Field(
+        0.05, ge=0, le=1, description="...stuck when test accuracy <= 1/classes + this"
+    )
+
     @property
     def visibility_timeout_s(self) -> int:
         return self.VISIBILITY_TIMEOUT_S or self.JOB_TIME_LIMIT_S + 3600

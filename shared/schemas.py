@@ -128,6 +128,8 @@ class _TrainSpec(BaseModel):
             defaults = {"batch_size": 1, "lr": model.book_lr, "epochs": model.book_epochs}
         else:
             defaults = cls.FAST_DEFAULTS
+            if model is not None and model.fast_lr is not None:
+                defaults = {**defaults, "lr": model.fast_lr}
         return {**defaults, **data}
 
     @model_validator(mode="after")
@@ -192,6 +194,8 @@ class GanSpec(_TrainSpec):
         "leaky_relu", description="book_conv_gan only: gelu is the book's refinement"
     )
 
+    # DCGAN's lr; conv_gan and conv_cgan take 2e-3 (shared/zoo.py fast_lr, bench/RESULTS.md:
+    # mnist-5k's 1,890 steps are too few for 2e-4). The EMA generator is recipes.FAST_TRICKS.
     FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 2e-4, "epochs": 30}
 
     @model_validator(mode="after")
@@ -208,6 +212,8 @@ class CganSpec(_TrainSpec):
     task: Literal["cgan"] = "cgan"
     model: Literal["book_cgan", "conv_cgan"] = "conv_cgan"
 
+    # DCGAN's lr; conv_gan and conv_cgan take 2e-3 (shared/zoo.py fast_lr, bench/RESULTS.md:
+    # mnist-5k's 1,890 steps are too few for 2e-4). The EMA generator is recipes.FAST_TRICKS.
     FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 2e-4, "epochs": 30}
 
 
@@ -229,6 +235,18 @@ def _field_error(field: str, message: str) -> PydanticCustomError:
 
 
 # --- Job records (output).
+
+
+class HealthWarning(BaseModel):
+    """A training-health warning (docs/quality.md): the job goes on and may still succeed."""
+
+    code: Literal["d_wins", "mode_collapse", "chance_accuracy"] = Field(
+        description="d_wins: D rejects every fake and G's loss sits at BCE's clamp; "
+        "mode_collapse: the fixed-seed samples are near-identical; chance_accuracy: a "
+        "classifier's held-out accuracy is still at chance"
+    )
+    step: int = Field(description="The step it was seen at")
+    message: str
 
 
 class JobPublic(BaseModel):
@@ -276,6 +294,9 @@ class JobPublic(BaseModel):
     worker: str | None = None
     pending: PendingInfo | None = Field(None, description="Queued jobs only: why it waits")
     error: str | None = None
+    warnings: list[HealthWarning] = Field(
+        default_factory=list, description="Training-health warnings, oldest first"
+    )
     result: dict[str, Any] | None = None
 
     @classmethod
@@ -334,7 +355,18 @@ class JobsPublic(BaseModel):
 
 # --- Events on a job's Redis Stream.
 
-EventKind = Literal["status", "step", "epoch", "checkpoint", "sample", "memory", "log", "rewind"]
+EventKind = Literal[
+    "status",
+    "step",
+    "epoch",
+    "checkpoint",
+    "sample",
+    "quality",
+    "warning",
+    "memory",
+    "log",
+    "rewind",
+]
 
 
 class JobEvent(BaseModel):
@@ -411,6 +443,15 @@ class MemoryReport(BaseModel):
     note: str
 
 
+class BestCheckpoint(BaseModel):
+    """The step whose model scored best (docs/quality.md), kept as final/best.pt."""
+
+    step: int
+    metric: str = Field(description="fd or fid (lower is better), or test_accuracy (higher)")
+    value: float
+    path: str = Field("final/best.pt", description="Relative to the job's artifacts")
+
+
 class JobSummary(BaseModel):
     """summary.json: what a finished job achieved."""
 
@@ -427,6 +468,11 @@ class JobSummary(BaseModel):
         default_factory=list,
         description="Opt-in speed flags in effect: amp, channels_last, compile",
     )
+    best: BestCheckpoint | None = Field(None, description="Absent when nothing was scored")
+    quality_note: str | None = Field(
+        None, description="Why sample quality was not measured, when it was not"
+    )
+    warnings: list[HealthWarning] = Field(default_factory=list)
     memory: MemoryReport
 
 

@@ -51,6 +51,10 @@ class JobKeys:
         return f"{self.prefix}final/model.pt"
 
     @property
+    def best_model(self) -> str:
+        return f"{self.prefix}final/best.pt"
+
+    @property
     def summary(self) -> str:
         return f"{self.prefix}summary.json"
 

@@ -20,6 +20,7 @@ class ModelInfo:
     max_classes: int | None = None  # label-using models have this many outputs / one-hot slots
     book_lr: float = 1e-4  # the book's Adam learning rate for this model
     book_epochs: int = 1
+    fast_lr: float | None = None  # fast mode's lr when not its task's (bench/RESULTS.md)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -64,6 +65,7 @@ MODELS: dict[str, ModelInfo] = {
             None,
             sides=(28, 32, 64),
             book_epochs=1,
+            fast_lr=2e-3,
         ),
         ModelInfo(
             "book_cgan",
@@ -81,6 +83,7 @@ MODELS: dict[str, ModelInfo] = {
             sides=(28, 32, 64),
             max_classes=100,
             book_epochs=12,
+            fast_lr=2e-3,
         ),
     ]
 }

@@ -128,7 +128,7 @@ def is_terminal(event: JobEvent) -> bool:
 
 # Kinds a restarted attempt writes again for the same steps. Status, log and rewind events
 # tell what happened to each attempt and are all kept.
-REPLAYED_KINDS = frozenset({"step", "epoch", "checkpoint", "sample", "memory"})
+REPLAYED_KINDS = frozenset({"step", "epoch", "checkpoint", "sample", "quality", "memory"})
 
 
 class KeptHistory:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.schemas import JobEvent, JobSpec, JobSpecAdapter
+from shared.schemas import HealthWarning, JobEvent, JobSpec, JobSpecAdapter
 from shared.state.keys import text
 from shared.status import JobStatus
 
@@ -48,6 +48,7 @@ class JobRecord(BaseModel):
     fence: int | None = None  # that lease's fencing number
     cancel_requested: bool = False
     error: str | None = None
+    warnings: list[HealthWarning] = []  # written by the lease holder with the warning's event
     result: dict[str, Any] | None = None
     # routing (shared/planning.py)
     planning: str | None = None  # the plan key it waits on, while its probe runs
@@ -144,7 +145,7 @@ def flatten(fields: dict[str, Any]) -> list[str]:
     return flat
 
 
-_JSON_FIELDS = ("result",)
+_JSON_FIELDS = ("result", "warnings")
 
 
 def decode(raw: dict[Any, Any]) -> JobRecord:

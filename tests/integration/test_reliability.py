@@ -276,6 +276,28 @@ def test_injected_oom_picks_the_micro_batch_the_planner_predicts_fits(
     assert second["micro_batch"] == 16 and second["resumed_from"] == 5
 
 
+def test_a_non_finite_loss_fails_the_job_and_keeps_the_last_good_checkpoint(
+    chaos: Stack, api: Client, reg: JobRegistry, s3: Minio
+) -> None:
+    """BCE clamps its log, so real runs rarely get a NaN: the fault plan makes step 23's
+    losses NaN. The job fails at once (a retry would diverge again), naming the step, and the
+    checkpoint of step 20 stays the newest."""
+    spec = {"task": "classifier", "max_steps": 40, "checkpoint_every": 10, "log_every": 5}
+    job = submit_with_faults(api, reg, spec, nan_at_step=23)
+    done = api.wait(job.id, timeout=180)
+    assert done.status is JobStatus.FAILED
+    assert done.error == (
+        "diverged at step 23: non-finite loss; the last good checkpoint is step 20"
+    ), done.error
+    assert done.attempts == 1
+    assert reg.get(job.id).checkpoint_step == 20
+    manifest = CheckpointManifest.model_validate_json(
+        s3.get_object(chaos.config.bucket, JobKeys(job.id).manifest).read()
+    )
+    assert manifest.step == 20
+    assert max(e.step for e in step_events(api, job.id)) == 20  # nothing non-finite logged
+
+
 def test_a_job_that_always_crashes_fails_after_the_budget(
     chaos: Stack, api: Client, reg: JobRegistry
 ) -> None:

@@ -81,8 +81,15 @@ CASES = [
     Case(
         "gan defaults",
         {"task": "gan"},
-        expect={"model": "conv_gan", "batch_size": 64, "lr": 2e-4, "epochs": 30},
+        expect={"model": "conv_gan", "batch_size": 64, "lr": 2e-3, "epochs": 30},
     ),
+    Case(
+        "book_conv_gan keeps DCGAN's fast lr",
+        {"task": "gan", "model": "book_conv_gan", "resize": 128},
+        expect={"batch_size": 64, "lr": 2e-4},
+    ),
+    Case("conv_cgan's fast lr", {"task": "cgan"}, expect={"model": "conv_cgan", "lr": 2e-3}),
+    Case("an explicit lr wins", {"task": "gan", "lr": 5e-4}, expect={"lr": 5e-4}),
     Case(
         "book cgan",
         {"task": "cgan", "model": "book_cgan", "mode": "book"},

@@ -4,8 +4,9 @@ a given step, so the reliability tests can exercise recovery with real processes
 Active only when TRAINYARD_FAULT_INJECTION is on (refused in production). A test writes the
 plan into the Redis hash `{prefix}:faults:{job name}` before it submits the job (so no worker
 can start the job before the plan is there), then submits a job of that name:
-`exit_at_step` (os._exit, like kill -9 mid-step), `oom_at_step` (torch.OutOfMemoryError), and
-`attempts` ("1,2" = only on those attempts; absent = every attempt)."""
+`exit_at_step` (os._exit, like kill -9 mid-step), `oom_at_step` (torch.OutOfMemoryError),
+`nan_at_step` (that step's losses become NaN, as a diverging run's would), and `attempts`
+("1,2" = only on those attempts; absent = every attempt)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class FaultPlan:
     exit_at_step: int | None = None
     oom_at_step: int | None = None
     oom_budget_bytes: int | None = None  # the memory the injected OOM pretends there is
+    nan_at_step: int | None = None  # applied by the run to the step's losses (job.py)
 
     def trigger(self, step: int) -> None:
         if step == self.exit_at_step:
@@ -46,4 +48,6 @@ def load_plan(registry: JobRegistry, job: JobRecord, attempt: int) -> FaultPlan 
     def step(name: str) -> int | None:
         return int(raw[name]) if name in raw else None
 
-    return FaultPlan(step("exit_at_step"), step("oom_at_step"), step("oom_budget_bytes"))
+    return FaultPlan(
+        step("exit_at_step"), step("oom_at_step"), step("oom_budget_bytes"), step("nan_at_step")
+    )

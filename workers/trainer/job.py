@@ -27,11 +27,12 @@ from shared.state.heartbeats import WorkerRegistry
 from shared.state.jobs import JobRegistry
 from shared.state.leases import Lease, LeaseLost
 from shared.state.plans import PlanCache
-from shared.state.records import JobRecord, status_event, utcnow
+from shared.state.records import JobRecord, encode, status_event, utcnow
 from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
 from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.fit import fit
+from workers.trainer.monitor import Diverged
 from workers.trainer.probe import probe
 from workers.trainer.run import JobStopped, Run, StopReason
 
@@ -41,17 +42,27 @@ log = logging.getLogger(__name__)
 class LeasedRun(Run):
     """A Run whose writes are fenced by the job's lease."""
 
-    def __init__(self, executor: JobExecutor, lease: Lease, faults: FaultPlan | None) -> None:
+    def __init__(
+        self, executor: JobExecutor, lease: Lease, job: JobRecord, faults: FaultPlan | None
+    ) -> None:
         super().__init__(lease.job_id, executor.store, self._publish, executor.settings.DATA_DIR)
         self.executor, self.lease, self.faults = executor, lease, faults
         self.attempt = lease.attempt
+        self.warnings = list(job.warnings)  # an earlier attempt's are kept, not raised again
 
     def _publish(self, events: list[JobEvent]) -> None:
         progress = {"step": str(events[-1].step), "epoch": str(events[-1].epoch)}
         for event in events:
             if "total_steps" in event.info:
                 progress["total_steps"] = str(event.info["total_steps"])
+            if event.kind == "warning":  # the record's list, in the same fenced write
+                progress["warnings"] = encode([w.model_dump() for w in self.warnings])
         self.executor.events.publish_fenced(self.lease, events, progress)
+
+    def after_step(self, step: int, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.faults is not None and step == self.faults.nan_at_step:
+            return {name: loss * float("nan") for name, loss in losses.items()}
+        return losses
 
     def before_commit(self, step: int) -> None:
         # A worker that lost its lease must not move latest.json: check just before writing.
@@ -164,7 +175,7 @@ class JobExecutor:
         lease, job = got.lease, self.registry.get(job_id)
         log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
         faults = load_plan(self.registry, job, lease.attempt) if s.FAULT_INJECTION else None
-        self.current = run = LeasedRun(self, lease, faults)
+        self.current = run = LeasedRun(self, lease, job, faults)
         run.predicted_peak_bytes = self._predicted(job)
         try:
             with LeaseKeeper(self, run):
@@ -176,6 +187,9 @@ class JobExecutor:
             return JobStatus.RUNNING
         except torch.OutOfMemoryError as exc:
             return self._after_oom(lease, job, exc)
+        except Diverged as exc:  # deterministic: a retry would diverge again
+            log.error("job %s: %s", job_id, exc)
+            return self._end(lease, JobStatus.FAILED, error=str(exc))
         except Exception as exc:
             log.exception("job %s failed", job_id)
             return self._end(lease, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")

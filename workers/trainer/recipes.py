@@ -4,8 +4,10 @@ fit() is the same loop for every task; a recipe holds the task's models and opti
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
@@ -16,6 +18,7 @@ from torchvision.utils import make_grid
 
 from shared.schemas import CganSpec, ClassifierSpec, GanSpec, JobSpec
 from shared.zoo import MODELS
+from workers.trainer.augment import diff_augment
 from workers.trainer.data import ImageData, Prepare
 from workers.trainer.models import build_gan, build_model
 from workers.trainer.models.gans import LATENT
@@ -143,6 +146,41 @@ class ClassifierRecipe:
         }
 
 
+@dataclass(frozen=True)
+class GanTricks:
+    """Extras of fast-mode GAN training, each a known tool of the field, each measured on
+    mnist-5k by bench/gan_quality.py (bench/RESULTS.md): FAST_TRICKS holds the ones that paid,
+    NO_TRICKS switches all of them off (the fast recipe before issue 17). Book mode uses none.
+
+    - `ema`: sample from an exponential moving average of G's weights, with this decay
+      (ramped up as (1 + t) / (10 + t) over the first steps), not from G's last step; 0 is
+      off. Yazici et al., "The Unusual Effectiveness of Averaging in GAN Training", ICLR 2019;
+      Karras et al. (Progressive GAN, ICLR 2018) sample this way.
+    - `augment`: DiffAugment (Zhao et al., NeurIPS 2020): these differentiable transforms
+      (workers/trainer/augment.py) applied to real and fake images whenever D sees them, in
+      D's and in G's pass, drawn from the job's own generator seeded from spec.seed.
+    - `lr_d`, `lr_g`: factors on spec.lr for D's and G's Adam (TTUR: two time-scale update
+      rule, Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local
+      Nash Equilibrium", NeurIPS 2017).
+    - `spectral_norm`: spectral normalisation of D's weights in place of its BatchNorm
+      (Miyato et al., ICLR 2018); conv_gan and conv_cgan only.
+    - `real_label`: D's target for real images; 0.9 is one-sided label smoothing (Salimans
+      et al., "Improved Techniques for Training GANs", NeurIPS 2016), 1.0 is none."""
+
+    ema: float = 0.0
+    augment: tuple[str, ...] = ()
+    lr_d: float = 1.0
+    lr_g: float = 1.0
+    spectral_norm: bool = False
+    real_label: float = 0.9
+
+
+NO_TRICKS = GanTricks()  # the fast recipe as it was before issue 17: every trick off
+# What fast mode uses, with FAST_DEFAULTS' lr 2e-3 (bench/gan_quality.py, bench/RESULTS.md).
+FAST_TRICKS = GanTricks(ema=0.999)
+AUGMENT_SEED_OFFSET = 104_729  # the augmentation stream is spec.seed + this, never global
+
+
 class GanRecipe:
     """GANs and conditional GANs, BCELoss and Adam, in the book's step order: D on real -> 1,
     D on G(z).detach() -> 0, then G -> 1 through D. A conditional GAN joins a one-hot label
@@ -154,27 +192,40 @@ class GanRecipe:
         data: ImageData,
         device: torch.device,
         micro_batch: int | None = None,
+        tricks: GanTricks | None = None,
     ) -> None:
         self.spec, self.data, self.device = spec, data, device
         self.prepare = _prepare_for(spec)
         self.micro = micro_batch or spec.batch_size
         self.book = spec.mode == "book"
+        # Book mode is the book's recipe, exactly: no extras whatever is asked.
+        self.tricks = NO_TRICKS if self.book else (tricks or FAST_TRICKS)
         info = MODELS[spec.model]
         c, h, w = self.prepare(data.train_x[:1]).shape[1:]
         # The book's cGAN has a fixed 10 label slots; ours is sized to the data set's classes.
         fixed = info.max_classes if info.image is not None else None
         self.classes = (fixed or data.num_classes) if spec.task == "cgan" else 0
         activation = spec.activation if isinstance(spec, GanSpec) else "leaky_relu"
+        sn = self.tricks.spectral_norm and spec.model in ("conv_gan", "conv_cgan")
         with device:
-            self.D, self.G = build_gan(spec.model, (c, h, w), self.classes, activation)
+            self.D, self.G = build_gan(spec.model, (c, h, w), self.classes, activation, sn)
         # Training passes go through the speed flags; evaluation and grids use D and G as they are.
         self.train_d = training_forward(spec, self.D, device)
         self.train_g = training_forward(spec, self.G, device)
         # Book: Adam with default betas at the book's lr. Fast: the DCGAN recipe (beta1 0.5).
         betas = (0.9, 0.999) if self.book else (0.5, 0.999)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr, betas=betas)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr, betas=betas)
+        lr_d, lr_g = spec.lr * self.tricks.lr_d, spec.lr * self.tricks.lr_g
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr_d, betas=betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr_g, betas=betas)
         self.loss_fn = nn.BCELoss()
+        # The G that samples (grids, scores, export): an EMA copy of G, or G itself.
+        self.G_ema: nn.Module | None = None
+        self.ema_steps = 0
+        if self.tricks.ema:
+            self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        # Augmentation draws from the job's own generator, on the device (no host syncs).
+        self.augment_rng = torch.Generator(device=device)
+        self.augment_rng.manual_seed(spec.seed + AUGMENT_SEED_OFFSET)
         # One fixed latent batch per job (seeded): every grid renders the same seeds, so the
         # grids form a timeline. cGANs get one row per label.
         gen = torch.Generator().manual_seed(spec.seed)
@@ -206,6 +257,29 @@ class GanRecipe:
     def _bce(self, out: Tensor, target: float) -> Tensor:
         return self.loss_fn(out, torch.full_like(out, target))
 
+    def _augment(self, x: Tensor) -> Tensor:
+        """DiffAugment's transforms, if on (a fresh draw per call, per image)."""
+        return diff_augment(x, self.tricks.augment, self.augment_rng) if self.tricks.augment else x
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that samples: the EMA copy when on, else G."""
+        return self.G if self.G_ema is None else self.G_ema
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """G_ema <- decay * G_ema + (1 - decay) * G, the decay ramped up over the first steps
+        so the random initial weights fade out; BatchNorm statistics are copied."""
+        if self.G_ema is None:
+            return
+        self.ema_steps += 1
+        decay = min(self.tricks.ema, (1 + self.ema_steps) / (10 + self.ema_steps))
+        ema: list[Tensor] = list(self.G_ema.parameters())
+        live: list[Tensor] = list(self.G.parameters())
+        torch._foreach_lerp_(ema, live, 1 - decay)
+        for mine, theirs in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            mine.copy_(theirs)
+
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """One D and one G update on a uint8 batch of real images (and their labels)."""
         self.D.train()
@@ -225,11 +299,11 @@ class GanRecipe:
             real_label = self._one_hot(y[c]) if self.classes else None
             fake = self._g(z[c], _part(fake_label, c))
             out_real, out_fake = (
-                self._d(self.prepare(x[c]), real_label),
-                self._d(fake.detach(), _part(fake_label, c)),
+                self._d(self._augment(self.prepare(x[c])), real_label),
+                self._d(self._augment(fake.detach()), _part(fake_label, c)),
             )
             # One-sided label smoothing (real target 0.9) keeps D from overpowering G.
-            loss = self._bce(out_real, 0.9) + self._bce(out_fake, 0.0)
+            loss = self._bce(out_real, self.tricks.real_label) + self._bce(out_fake, 0.0)
             (loss * share).backward()
             d_loss = d_loss + loss.detach() * share
             d_real = d_real + out_real.detach().mean() * share
@@ -240,10 +314,11 @@ class GanRecipe:
         self.opt_g.zero_grad(set_to_none=True)
         for c, kept in zip(chunks, fakes, strict=True):
             fake = kept if kept is not None else self._g(z[c], _part(fake_label, c))
-            loss = self._bce(self._d(fake, _part(fake_label, c)), 1.0)
+            loss = self._bce(self._d(self._augment(fake), _part(fake_label, c)), 1.0)
             (loss * len(x[c]) / n).backward()
             g_loss = g_loss + loss.detach() * len(x[c]) / n
         self.opt_g.step()
+        self._update_ema()
         return {
             "d_loss": d_loss,
             "g_loss": g_loss,
@@ -293,34 +368,62 @@ class GanRecipe:
         }
 
     @torch.no_grad()
+    def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Samples for scoring and grids, in eval mode, from the sampling G (the EMA copy when
+        on): (N, 100) seeds [+ (N,) class indices for a cGAN] -> (N, C, H, W) in [0, 1]."""
+        sampler = self.sampler.eval()
+        return _call(sampler, z, None if labels is None else self._one_hot(labels))
+
+    def fixed_samples(self) -> Tensor:
+        """The grid's samples from the job's fixed seeds (one row per label for a cGAN)."""
+        labels = None if self.fixed_labels is None else self.fixed_labels.argmax(1)
+        return self.generate(self.fixed_z, labels)
+
     def sample_grid(self) -> Tensor:
-        self.G.eval()
-        images = _call(self.G, self.fixed_z, self.fixed_labels)  # (R * 8, C, H, W)
+        images = self.fixed_samples()  # (R * 8, C, H, W)
         return make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=0.5)
 
     def reports(self) -> dict[str, tuple[bytes, str]]:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "D": self.D.state_dict(),
             "G": self.G.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_g": self.opt_g.state_dict(),
+            "augment_rng": self.augment_rng.get_state(),
         }
+        if self.G_ema is not None:
+            state["G_ema"] = self.G_ema.state_dict()
+            state["ema_steps"] = self.ema_steps
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.D.load_state_dict(state["D"])
         self.G.load_state_dict(state["G"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.opt_g.load_state_dict(state["opt_g"])
+        # Absent from checkpoints before issue 17; a CPU generator's state does not fit a CUDA
+        # one (a job resumed on another kind of device): then the seeded stream goes on.
+        rng = state.get("augment_rng")
+        if rng is not None and rng.numel() == self.augment_rng.get_state().numel():
+            self.augment_rng.set_state(rng.cpu())
+        if self.G_ema is not None:
+            # A checkpoint written without EMA: the average starts again from its G.
+            self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
+            self.ema_steps = int(state.get("ema_steps", 0))
 
     def export(self) -> dict[str, Any]:
-        """final/model.pt: the generator for sampling (and D, for fine-tuning)."""
+        """final/model.pt: the generator for sampling (the EMA copy when on) and D, for
+        fine-tuning, with the extras it was trained with."""
         return {
             "model_name": self.spec.model,
-            "state_dict": self.G.state_dict(),
+            "state_dict": self.sampler.state_dict(),
             "discriminator": self.D.state_dict(),
+            "tricks": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.tricks).items()
+            },
             "spec": self.spec.model_dump(mode="json"),
             "latent_dim": LATENT,
             "num_classes": self.classes,
@@ -329,11 +432,16 @@ class GanRecipe:
 
 
 def make_recipe(
-    spec: JobSpec, data: ImageData, device: torch.device, micro_batch: int | None = None
+    spec: JobSpec,
+    data: ImageData,
+    device: torch.device,
+    micro_batch: int | None = None,
+    tricks: GanTricks | None = None,
 ) -> Recipe:
+    """The recipe of `spec`; `tricks` (GANs, fast mode) overrides FAST_TRICKS, for benches."""
     if isinstance(spec, ClassifierSpec):
         return ClassifierRecipe(spec, data, device, micro_batch)
-    return GanRecipe(spec, data, device, micro_batch)
+    return GanRecipe(spec, data, device, micro_batch, tricks)
 
 
 def _call(model: Forward, x: Tensor, label: Tensor | None) -> Tensor:

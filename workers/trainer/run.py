@@ -18,7 +18,7 @@ from PIL import Image
 from pydantic import BaseModel
 from torch import Tensor
 
-from shared.schemas import CheckpointRef, EventKind, JobEvent
+from shared.schemas import CheckpointRef, EventKind, HealthWarning, JobEvent
 from shared.storage import ArtifactStore, JobKeys, LocalArtifactStore
 from workers.trainer import checkpoint, cpu
 
@@ -105,6 +105,8 @@ class Run:
         self.stop_reason: StopReason | None = None
         # The planner's prediction for this device, set by the worker: memory.json compares.
         self.predicted_peak_bytes: int | None = None
+        # Health warnings raised so far (a worker's run starts with the record's).
+        self.warnings: list[HealthWarning] = []
         self._pending: list[JobEvent] = []
         self._events_lock = threading.Lock()  # the uploader thread emits too
         self._last_flush = time.monotonic()
@@ -153,6 +155,13 @@ class Run:
         if flush or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
+    def warn(self, warning: HealthWarning, epoch: int) -> None:
+        """A training-health warning, as a `warning` event; each code is raised once per job."""
+        if any(w.code == warning.code for w in self.warnings):
+            return
+        self.warnings.append(warning)
+        self.emit("warning", warning.step, epoch, info=warning.model_dump(), flush=True)
+
     def flush(self) -> None:
         with self._events_lock:
             if self._pending:
@@ -177,6 +186,10 @@ class Run:
         self.close()
 
     # --- stopping
+
+    def after_step(self, step: int, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A step's losses pass through here; a worker's run applies a test's fault plan."""
+        return losses
 
     def should_stop(self, step: int) -> bool:
         """Checked after every step (cheap: a field set by other threads)."""
@@ -224,6 +237,11 @@ class Run:
     def after_commit(self, step: int) -> None:
         """Called once latest.json names the checkpoint of `step`."""
 
+    @property
+    def last_checkpoint_step(self) -> int | None:
+        """The newest checkpoint submitted (committed once drain() returns), or None."""
+        return self._last_checkpoint_step if self._last_checkpoint_step >= 0 else None
+
     def restore(self) -> tuple[CheckpointRef, dict[str, Any]] | None:
         found = checkpoint.load_latest(self.store, self.objects)
         if found is not None:
@@ -252,6 +270,9 @@ class Run:
 
     def put_model(self, state: dict[str, Any]) -> None:
         self.store.put_bytes(self.objects.final_model, checkpoint.to_bytes(state))
+
+    def put_best(self, state: dict[str, Any]) -> None:
+        self.store.put_bytes(self.objects.best_model, checkpoint.to_bytes(state))
 
     def put_json(self, key: str, model: BaseModel) -> None:
         self.store.put_bytes(key, model.model_dump_json(indent=2).encode(), "application/json")

@@ -38,8 +38,10 @@ def build_gan(
     image: tuple[int, int, int],
     num_classes: int = 0,
     activation: Activation = "leaky_relu",
+    spectral_norm: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    """(discriminator, generator) for `name`; conv_gan/conv_cgan are sized to `image` (C, H, W)."""
+    """(discriminator, generator) for `name`; conv_gan/conv_cgan are sized to `image` (C, H, W).
+    `spectral_norm` (conv_gan/conv_cgan only): spectral norm in D instead of BatchNorm."""
     channels, size, _ = image
     if name == "book_conv_gan":
         return BookConvDiscriminator(activation), BookConvGenerator(activation)
@@ -48,10 +50,10 @@ def build_gan(
     if name == "book_cgan":
         return BookCganDiscriminator(), BookCganGenerator()
     if name == "conv_gan":
-        return ConvDiscriminator(channels, size), ConvGenerator(channels, size)
+        return ConvDiscriminator(channels, size, 0, spectral_norm), ConvGenerator(channels, size)
     if name == "conv_cgan":
         return (
-            ConvDiscriminator(channels, size, num_classes),
+            ConvDiscriminator(channels, size, num_classes, spectral_norm),
             ConvGenerator(channels, size, num_classes),
         )
     raise ValueError(f"unknown GAN {name!r}")

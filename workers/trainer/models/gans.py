@@ -179,22 +179,29 @@ def _steps(size: int) -> tuple[int, int]:
 
 
 class ConvDiscriminator(nn.Module):
-    """(N, C, S, S) [+ (N, K) one-hot, joined as K constant planes] -> (N, 1)."""
+    """(N, C, S, S) [+ (N, K) one-hot, joined as K constant planes] -> (N, 1).
 
-    def __init__(self, channels: int, size: int, num_classes: int = 0) -> None:
+    `spectral_norm`: every conv and linear weight divided by its largest singular value
+    (Miyato, Kataoka, Koyama and Yoshida, "Spectral Normalization for Generative Adversarial
+    Networks", ICLR 2018), in place of BatchNorm, as in their SNGAN discriminator."""
+
+    def __init__(
+        self, channels: int, size: int, num_classes: int = 0, spectral_norm: bool = False
+    ) -> None:
         super().__init__()
         base, steps = _steps(size)
         widths = [channels + num_classes] + [WIDTH * 2**i for i in range(steps)]
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else _same
         layers: list[nn.Module] = []
         for i in range(steps):
-            layers.append(nn.Conv2d(widths[i], widths[i + 1], kernel_size=4, stride=2, padding=1))
-            if i > 0:  # no BatchNorm on the input layer (DCGAN)
+            layers.append(sn(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1)))
+            if i > 0 and not spectral_norm:  # no BatchNorm on the input layer (DCGAN)
                 layers.append(nn.BatchNorm2d(widths[i + 1]))
             layers.append(nn.LeakyReLU(0.2))
         self.net = nn.Sequential(
             *layers,  # (N, WIDTH * 2**(steps-1), base, base)
             nn.Flatten(),
-            nn.Linear(widths[-1] * base * base, 1),
+            sn(nn.Linear(widths[-1] * base * base, 1)),
             nn.Sigmoid(),
         )
         self.num_classes = num_classes
@@ -205,6 +212,10 @@ class ConvDiscriminator(nn.Module):
             planes = label[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
             x = torch.cat((x, planes), dim=1)
         return self.net(x)
+
+
+def _same(module: nn.Module) -> nn.Module:
+    return module
 
 
 class ConvGenerator(nn.Module):
