@@ -10,11 +10,13 @@ import argparse
 import json
 import sys
 from argparse import BooleanOptionalAction
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,13 +27,18 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from shared.schemas import SPEED_FLAGS, ClassifierSpec, JobPublic
+from shared.schemas import SPEED_FLAGS, ClassifierSpec, EventKind, HealthWarning, JobPublic
 from shared.status import JobStatus
 from trainyard.client import ApiError, Client
 
 EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2}
 out = Console()
 err = Console(stderr=True)
+# A GAN's quality scores beside its fd/fid: on their own `quality` line (_quality), not in
+# the one-line result.
+QUALITY_DETAILS = frozenset(
+    {"fd_floor", "confident", "confident_real", "class_entropy", "label_agreement"}
+)
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def cmd_jobs(api: Client, args: argparse.Namespace) -> int:
     for job in jobs:
         table.add_row(
             job.id,
-            _status(job),
+            " ".join([_status(job), *(_badge(w.code) for w in job.warnings)]),
             job.spec.task,
             job.spec.model,
             job.spec.dataset,
@@ -109,7 +116,19 @@ def cmd_show(api: Client, args: argparse.Namespace) -> int:
         out.print(f"  memory    micro-batch {job.micro_batch_size} (after an out-of-memory)")
     if job.result:
         out.print(f"  result    {_result(job)}; {job.result['images_per_s']:,.0f} images/s")
+        if _has_quality(job.result["metrics"]):
+            out.print(f"  quality   {_quality(job.result['metrics'])}", highlight=False)
+        if job.result.get("quality_note"):
+            out.print(f"  quality   not measured: {escape(job.result['quality_note'])}")
+        if best := job.result.get("best"):
+            out.print(
+                f"  best      step {best['step']}, {best['metric']} {best['value']:.4g} "
+                f"({best['path']})",
+                highlight=False,
+            )
         out.print(f"  memory    {_memory(job.result['memory'])}")
+    for warning in job.warnings:
+        out.print(f"  warning   {_warning(warning)}")
     if job.error:
         out.print(f"  [red]error     {job.error}[/red]")
     return 0
@@ -141,6 +160,19 @@ def cmd_watch(api: Client, args: argparse.Namespace) -> int:
                 bar.update(task, completed=event.step, description="running")
             elif event.kind == "epoch" and "test_accuracy" in event.metrics:
                 stats["acc"] = f"acc {event.metrics['test_accuracy']:.4f}"
+            elif event.kind == "quality":  # printed above the bar as they come
+                best = f"; best step {event.info['best_step']}" if "best_step" in event.info else ""
+                out.print(
+                    f"  quality   step {event.step}: {_quality(event.metrics)}{best}",
+                    highlight=False,
+                )
+                metric = event.info.get("metric", "fd")
+                if metric in event.metrics:
+                    stats["quality"] = f"{metric} {event.metrics[metric]:.4g}"
+            elif event.kind == "warning":
+                out.print(f"  warning   {_warning(HealthWarning.model_validate(event.info))}")
+            elif event.kind == "log" and "quality_skipped" in event.info:
+                out.print(f"  quality   not measured: {escape(event.info['quality_skipped'])}")
             elif event.kind == "status":
                 bar.update(task, description=str(event.info.get("status")))
             bar.update(task, stats="  ".join(stats.values()))
@@ -159,6 +191,12 @@ def cmd_events(api: Client, args: argparse.Namespace) -> int:
     events = api.events(args.job_id) if args.follow else iter(api.metrics(args.job_id, args.kind))
     for event in events:
         if args.kind and event.kind != args.kind:
+            continue
+        if event.kind == "warning":
+            out.print(
+                f"{event.id}  {event.kind:<10} step {event.step:>6}  "
+                f"{_warning(HealthWarning.model_validate(event.info))}"
+            )
             continue
         values = " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())
         info = " ".join(f"{k}={v}" for k, v in event.info.items())
@@ -224,7 +262,38 @@ def _result(job: JobPublic) -> str:
     metrics = job.result["metrics"]
     if "test_accuracy" in metrics:
         return f"accuracy {metrics['test_accuracy']:.4f}"
-    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    shown = {k: v for k, v in metrics.items() if k not in QUALITY_DETAILS}
+    return ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+
+
+def _has_quality(metrics: Mapping[str, float]) -> bool:
+    return "fd" in metrics or "fid" in metrics
+
+
+def _quality(m: Mapping[str, float]) -> str:
+    """Sample-quality scores in words (docs/quality.md): the distance beside its real-vs-real
+    floor, the share named with confidence beside real images', the class entropy."""
+    metric = "fid" if "fid" in m else "fd"
+    parts = [f"{metric} {m[metric]:.4g}"]
+    if "fd_floor" in m:
+        parts[0] += f" (real vs real {m['fd_floor']:.4g})"
+    if "confident" in m:
+        real = f" (real test images {m['confident_real']:.3f})" if "confident_real" in m else ""
+        parts.append(f"named with p>=0.9 {m['confident']:.3f}{real}")
+    if "class_entropy" in m:
+        parts.append(f"class entropy {m['class_entropy']:.3f} nats")
+    if "label_agreement" in m:
+        parts.append(f"label agreement {m['label_agreement']:.3f}")
+    return ", ".join(parts)
+
+
+def _badge(code: str) -> str:
+    return f"[bold black on yellow] {code} [/]"
+
+
+def _warning(warning: HealthWarning) -> str:
+    """A coloured badge, the step and the message (rich markup; the message escaped)."""
+    return f"{_badge(warning.code)} step {warning.step}: {escape(warning.message)}"
 
 
 def _memory(memory: dict[str, Any]) -> str:
@@ -287,9 +356,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("events", help="a job's event history (metrics, status, ...)")
     e.add_argument("job_id")
-    e.add_argument(
-        "--kind", choices=["status", "step", "epoch", "checkpoint", "sample", "memory", "log"]
-    )
+    e.add_argument("--kind", choices=get_args(EventKind))
     e.add_argument("--follow", action="store_true", help="stream live until the job ends")
     e.set_defaults(run=cmd_events)
 

@@ -93,7 +93,17 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def finished_gans(client: Client) -> tuple[str, str]:
+def reference_classifier(client: Client) -> None:
+    """A GAN's first quality score on a data set trains its reference classifier (minutes on a
+    loaded CPU; cached in the object store after, workers/trainer/reference.py). Done here,
+    by a one-step GAN, so that no browser test's job timeout includes it."""
+    spec = {**SMALL_GAN, "max_steps": 1, "sample_every": 1, "name": "e2e reference classifier"}
+    job = client.wait(client.submit(spec).id, timeout=900, poll=1)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+
+
+@pytest.fixture(scope="session")
+def finished_gans(client: Client, reference_classifier: None) -> tuple[str, str]:
     """Two small GANs with different seeds, trained to the end (submitted over the API)."""
     spec = {**SMALL_GAN, "batch_size": 8}  # half the images of the form's job: quicker
     ids = [client.submit({**spec, "seed": seed, "name": f"e2e seed {seed}"}).id for seed in (0, 1)]

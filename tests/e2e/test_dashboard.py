@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
 from playwright.sync_api import Page, expect
 
 from devstack.stack import Stack
@@ -30,6 +32,8 @@ from tests.e2e.conftest import SMALL_GAN
 from trainyard.client import Client
 
 DOCS_SHOT_MAX_BYTES = 150_000
+# Every GAN here is scored with the data set's reference classifier: trained once, up front.
+pytestmark = pytest.mark.usefixtures("reference_classifier")
 
 
 def test_a_wrong_token_is_refused_and_the_right_one_shows_the_jobs(
@@ -189,6 +193,92 @@ def test_side_by_side_compares_two_jobs_at_the_same_step(
     wait_for_image(page.locator("#sample-img"), 15)
     wait_for_image(other, 15)  # the comparison follows the slider
     expect(page.locator("#compare-caption")).to_contain_text("step 15 (same step)")
+
+
+def test_the_sample_quality_section_shows_its_curves_and_the_best_step(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str], client: Client
+) -> None:
+    job_id, _ = finished_gans
+    job = client.get(job_id)
+    best = (job.result or {})["best"]
+    scores = client.metrics(job_id, kind="quality")
+    assert [e.step for e in scores] == [15, 30, 45, 60]
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    section = page.locator("#quality")
+    expect(section).to_be_visible()
+    charts = section.locator("#quality-charts .chart")
+    expect(charts).to_have_count(2)
+    distance, named = charts.nth(0), charts.nth(1)
+    # Every score is drawn: the FD and its real-vs-real floor at steps 15, 30, 45 and 60, ...
+    expect(distance).to_have_attribute("data-points", "8")
+    expect(distance.locator("polyline[data-series=fd]")).to_have_count(1)
+    expect(distance.locator("polyline[data-series=fd_floor]")).to_have_count(1)
+    expect(distance.locator(".legend")).to_contain_text("real vs real")
+    # ... the best step marked on it, ...
+    expect(distance).to_have_attribute("data-mark", str(best["step"]))
+    expect(distance.locator("line.mark")).to_have_count(1)
+    # ... and the shares named with p >= 0.9, the samples' beside the real images'.
+    expect(named).to_have_attribute("data-points", "8")
+    expect(named.locator(".legend")).to_contain_text("real test images")
+    shot(page, "17-quality")
+
+    text = page.locator("#quality-best")
+    expect(text).to_have_text(re.compile(rf"^best: step {best['step']}, fd \S+ — final/best\.pt$"))
+    shown = float(text.inner_text().split(", fd ")[1].split(" ")[0])
+    assert shown == pytest.approx(best["value"], rel=1e-3)
+    entropy = page.locator("#quality-entropy")
+    expect(entropy).to_contain_text(f"class entropy {scores[-1].metrics['class_entropy']:.3f} nats")
+    expect(entropy).to_contain_text("ideal ln 10 = 2.303")
+    expect(page.locator("#quality-note")).to_be_hidden()
+    expect(page.locator("#result-table")).to_contain_text(f"step {best['step']}, fd")
+
+
+def test_the_quality_warning_of_a_saturating_gan_shows_as_a_badge_on_the_page_and_in_the_list(
+    page: Page, base_url: str, token: str, client: Client
+) -> None:
+    """lr 1.0: D wins outright at once and G's loss sits at BCE's clamp; the job succeeds."""
+    spec = {"task": "gan", "lr": 1.0, "max_steps": 40, "log_every": 1, "sample_every": 40}
+    job = client.submit({**spec, "name": "e2e saturating"})
+    sign_in(page, base_url, token)
+    open_job(page, job.id)  # while it runs: the warning event adds the badge
+    badge = page.locator("#job-warnings .badge.warning")
+    expect(badge).to_have_attribute("data-code", "d_wins", timeout=JOB_TIMEOUT_MS)
+    expect(badge).to_contain_text("D wins outright")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(badge).to_have_count(1)  # the record's warning and its event: one badge
+    (warning,) = client.get(job.id).warnings
+    expect(badge).to_have_attribute("title", warning.message)  # the whole message on hover
+    shot(page, "18-warning-badge")
+
+    page.goto(base_url + "/#/")
+    row = page.locator(f'#jobs-table tr[data-job-id="{job.id}"]')
+    listed = row.locator(".badge.warning")
+    expect(listed).to_have_count(1)
+    expect(listed).to_have_attribute("data-code", "d_wins")
+    expect(listed).to_have_attribute("title", warning.message)
+    expect(row.locator(".badge.status-succeeded")).to_be_visible()
+    shot(page, "19-warning-in-list")
+
+
+def test_skipped_sample_quality_says_why(
+    page: Page, base_url: str, token: str, client: Client, tmp_path: Path
+) -> None:
+    """An unlabelled upload has no reference classifier, and this stack no Inception-v3
+    weights: no score, and the reason on the page."""
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "blobs.npz", x=images)
+    dataset = client.upload_dataset(tmp_path / "blobs.npz")
+    job = client.submit({"task": "gan", "dataset": dataset.id, "max_steps": 10, "sample_every": 10})
+    sign_in(page, base_url, token)
+    open_job(page, job.id)
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    note = (client.get(job.id).result or {})["quality_note"]
+    assert note and "no FID Inception-v3 weights" in note
+    expect(page.locator("#quality-note")).to_have_text(f"Sample quality not measured: {note}")
+    expect(page.locator("#quality-charts .chart")).to_have_count(0)
+    expect(page.locator("#quality-best")).to_have_text("")
+    shot(page, "20-quality-skipped")
 
 
 def test_the_memory_panel_labels_host_memory_as_not_gpu(

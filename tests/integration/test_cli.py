@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from devstack.stack import Stack
 TRAINYARD = str(Path(sys.executable).parent / "trainyard")
 
 
-def run(stack: Stack, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    stack: Stack, *args: str, token: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "TRAINYARD_API_URL": stack.config.api_url,
@@ -23,7 +26,7 @@ def run(stack: Stack, *args: str, token: str | None = None) -> subprocess.Comple
         "COLUMNS": "200",
     }
     return subprocess.run(
-        [TRAINYARD, *args], capture_output=True, text=True, env=env, timeout=300, cwd="/"
+        [TRAINYARD, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd="/"
     )
 
 
@@ -81,3 +84,36 @@ def test_clear_one_line_errors(stack: Stack, tmp_path: Path) -> None:
     assert down.returncode == 1 and down.stderr.startswith("error: cannot reach the API")
     for result in (missing, bad, denied, down):
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_quality_best_step_and_warnings(stack: Stack, tmp_path: Path) -> None:
+    """A saturating GAN (lr 1.0: D wins outright at once): `watch` prints its quality score and
+    the warning as they come, `show` the best step and the warning, `events --kind` both."""
+    spec = tmp_path / "saturating.json"
+    spec.write_text(
+        json.dumps({"task": "gan", "lr": 1.0, "max_steps": 40, "log_every": 1, "sample_every": 40})
+    )
+    # The stack's first GAN trains mnist-5k's reference classifier first (minutes on a CPU).
+    done = run(
+        stack, "submit", "--spec", str(spec), "--name", "cli saturating", "--watch", timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = done.stdout.split("submitted ")[1].split()[0]
+    assert re.search(r"quality +step 40: fd [\d.]+ \(real vs real [\d.]+\)", done.stdout)
+    assert "named with p>=0.9" in done.stdout and "best step 40" in done.stdout
+    assert re.search(r"warning +d_wins +step \d+: D wins outright", done.stdout), done.stdout
+
+    shown = run(stack, "show", job_id)
+    best = json.loads(run(stack, "show", job_id, "--json").stdout)["result"]["best"]
+    assert best["step"] == 40 and best["metric"] == "fd"
+    assert f"best      step 40, fd {best['value']:.4g} (final/best.pt)" in shown.stdout
+    assert re.search(r"warning +d_wins +step \d+: D wins outright", shown.stdout), shown.stdout
+    assert "class entropy" in shown.stdout
+
+    listing = run(stack, "jobs", "--limit", "5")
+    row = next(line for line in listing.stdout.splitlines() if job_id in line)
+    assert "succeeded" in row and "d_wins" in row
+    warnings = run(stack, "events", job_id, "--kind", "warning")
+    assert re.search(r"warning +step +\d+ +d_wins +step \d+: D wins outright", warnings.stdout)
+    quality = run(stack, "events", job_id, "--kind", "quality")
+    assert "fd=" in quality.stdout and "best_step=40" in quality.stdout

@@ -46,6 +46,7 @@ export class LineChart {
     this.yRange = yRange;
     this.series = series.map((s, i) => ({ ...s, color: COLORS[i % COLORS.length], points: [] }));
     this.pending = false;
+    this.marker = null; // {x, label}: a vertical line at one x (the best step)
     this.svg = svg("svg", {
       viewBox: `0 0 ${WIDTH} ${HEIGHT}`,
       role: "img",
@@ -78,6 +79,14 @@ export class LineChart {
     for (const series of this.series) {
       series.points = series.points.filter((point) => point[2] <= step);
     }
+    if (this.marker && this.marker.x > step) this.mark(null);
+    this.schedule();
+  }
+
+  /** Mark `x` with a dashed vertical line and `label` (null: no mark). */
+  mark(x, label = "") {
+    this.marker = x === null ? null : { x, label };
+    this.node.dataset.mark = x === null ? "" : String(x); // tests and people can read it
     this.schedule();
   }
 
@@ -115,6 +124,19 @@ export class LineChart {
     const sy = (y) => HEIGHT - MARGIN.bottom - ((y - y0) / (y1 - y0)) * plotHeight;
     this.renderAxes(x0, x1, y0, y1, sx, sy);
     for (const s of this.series) this.renderSeries(s, sx, sy);
+    if (this.marker && this.marker.x >= x0 && this.marker.x <= x1) this.renderMark(sx);
+  }
+
+  renderMark(sx) {
+    const x = sx(this.marker.x);
+    this.svg.append(svg("line", { x1: x, x2: x, y1: MARGIN.top, y2: HEIGHT - MARGIN.bottom,
+      class: "mark" }));
+    // Left of the line near the right edge, so the label stays inside the plot.
+    const right = x > WIDTH - MARGIN.right - 60;
+    const label = svg("text", { x: right ? x - 4 : x + 4, y: MARGIN.top + 10,
+      "text-anchor": right ? "end" : "start", class: "mark-label" });
+    label.textContent = this.marker.label;
+    this.svg.append(label);
   }
 
   /** [min, max] of the values plus `pad` of the span each side; a single value gets a span. */

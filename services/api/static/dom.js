@@ -78,3 +78,20 @@ export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 export function statusBadge(status) {
   return el("span", { class: `badge status-${status}`, text: status });
 }
+
+// Training-health warnings (JobPublic.warnings, `warning` events), in a few words each.
+const WARNING_LABELS = {
+  d_wins: "D wins outright",
+  mode_collapse: "mode collapse",
+  chance_accuracy: "accuracy at chance",
+};
+
+/** A warning badge; its title is the warning's whole message. */
+export function warningBadge(warning) {
+  return el("span", {
+    class: "badge warning",
+    "data-code": warning.code,
+    title: warning.message,
+    text: `⚠ ${WARNING_LABELS[warning.code] || warning.code}`,
+  });
+}

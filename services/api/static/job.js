@@ -12,6 +12,7 @@ import {
   formatTime,
   fromTemplate,
   say,
+  warningBadge,
 } from "./dom.js";
 import { follow } from "./sse.js";
 
@@ -59,6 +60,39 @@ const CHARTS = {
   cgan: GAN_CHARTS,
 };
 
+// Sample quality (GANs, docs/quality.md): the charts are made from the first `quality` event,
+// with the series it carries: `fd` in the reference classifier's features and its figures
+// (labelled data), or `fid` in Inception-v3's (unlabelled data: no classifier figures).
+function qualityCharts(event) {
+  const has = (series) => series.key in event.metrics;
+  const metric = event.info.metric || ("fid" in event.metrics ? "fid" : "fd");
+  const name = metric.toUpperCase();
+  const distance = {
+    title: `${name} per step (lower is better)`,
+    x: "step",
+    best: true, // the best step is marked on it
+    series: [
+      { key: metric, label: `${name} of the samples`, from: "quality" },
+      { key: "fd_floor", label: "real vs real", from: "quality" },
+    ].filter(has),
+  };
+  const named = {
+    title: "named by the reference classifier with p ≥ 0.9",
+    x: "step",
+    yRange: [0, 1],
+    series: [
+      { key: "confident", label: "samples", from: "quality" },
+      { key: "confident_real", label: "real test images", from: "quality" },
+      { key: "label_agreement", label: "agreement with the requested label", from: "quality" },
+    ].filter(has),
+  };
+  return named.series.length ? [distance, named] : [distance];
+}
+
+// Every built-in data set has 10 classes (shared/zoo.py); an upload says how many it has.
+const BUILTIN_DATASETS = new Set(["mnist-5k", "mnist", "fashion-mnist", "fake"]);
+const BUILTIN_CLASSES = 10;
+
 const SAMPLE_NOTES = {
   classifier: "64 test images, tinted red where the prediction is wrong.",
   gan: "The generator's images for the same fixed latent seeds at every step.",
@@ -98,6 +132,10 @@ class JobPage {
     this.signal = signal;
     this.job = null;
     this.charts = [];
+    this.qualityCharts = []; // made from the first quality event
+    this.warnings = new Map(); // code -> HealthWarning: one badge each
+    this.best = null; // {step, metric, value, path?}: the best-scoring step so far
+    this.classes = null; // a promise of the data set's class count, asked for once
     this.samples = new Map(); // step -> artifact path of this job's sample grid
     this.sampleSteps = []; // sorted
     this.followLatest = true; // the slider tracks the newest grid until the user moves it
@@ -135,6 +173,7 @@ class JobPage {
     this.renderHead();
     this.setupCharts();
     this.setupSamples();
+    this.setupQuality();
     this.setupCompare();
     this.setupCancel();
     this.$("#artifacts-refresh").addEventListener("click", () => this.loadArtifacts());
@@ -180,6 +219,7 @@ class JobPage {
     if (spec.max_steps) parts.push(`max ${spec.max_steps} steps`);
     for (const flag of ["amp", "channels_last", "compile"]) if (spec[flag]) parts.push(flag);
     this.$("#job-what").textContent = parts.join(" · ");
+    this.addWarnings(job.warnings);
     this.renderProgress();
     this.renderPending();
     say(this.$("#job-error"), job.error ? `Error: ${job.error}` : "");
@@ -299,6 +339,12 @@ class JobPage {
       case "sample":
         if (event.info.key) this.addSample(event.step, relativeToJob(this.jobId, event.info.key));
         break;
+      case "quality":
+        this.onQuality(event);
+        break;
+      case "warning":
+        this.addWarnings([event.info]);
+        break;
       case "log":
         this.onLog(event);
         break;
@@ -340,7 +386,8 @@ class JobPage {
    * attempt that was lost (the new one logs those steps again), so it goes.
    */
   onRewind(event) {
-    for (const { chart } of this.charts) chart.rewind(event.step);
+    for (const { chart } of this.allCharts()) chart.rewind(event.step);
+    if (this.best && this.best.step > event.step) this.showBest(null);
     for (const step of this.checkpoints) if (step > event.step) this.checkpoints.delete(step);
     const lost = this.sampleSteps.filter((step) => step > event.step);
     if (lost.length) {
@@ -356,6 +403,7 @@ class JobPage {
     if (event.info.total_steps) this.totalSteps = event.info.total_steps;
     if (event.info.device) this.device = event.info.device;
     if (event.info.stopped) say(this.$("#job-message"), `Stopped: ${event.info.stopped}`);
+    if (event.info.quality_skipped) this.showQualityNote(event.info.quality_skipped);
     if (this.job.status === "queued") this.job.status = "running";
     this.renderHead();
   }
@@ -393,8 +441,12 @@ class JobPage {
     box.replaceChildren(...this.charts.map(({ chart }) => chart.node));
   }
 
+  allCharts() {
+    return [...this.charts, ...this.qualityCharts];
+  }
+
   feedCharts(event) {
-    for (const { spec, chart } of this.charts) {
+    for (const { spec, chart } of this.allCharts()) {
       const x = spec.x === "epoch" ? event.epoch + 1 : event.step;
       for (const series of spec.series) {
         if (series.from === event.kind && series.key in event.metrics) {
@@ -402,6 +454,88 @@ class JobPage {
         }
       }
     }
+  }
+
+  // --- training health
+
+  /** A badge per warning code in the header; the record's list and live events both add. */
+  addWarnings(warnings) {
+    const fresh = (warnings || []).filter((w) => w && w.code && !this.warnings.has(w.code));
+    if (!fresh.length) return;
+    for (const warning of fresh) this.warnings.set(warning.code, warning);
+    this.$("#job-warnings").replaceChildren(...[...this.warnings.values()].map(warningBadge));
+  }
+
+  // --- sample quality (GANs): curves, the best step, the class entropy
+
+  setupQuality() {
+    const gan = this.job.spec.task !== "classifier";
+    this.$("#quality").hidden = !gan;
+    this.$("#quality-best").textContent = gan
+      ? `no score yet: the first comes with the first sample grid (every ${
+        this.job.spec.sample_every} steps)`
+      : "";
+  }
+
+  onQuality(event) {
+    if (!this.qualityCharts.length) {
+      this.qualityCharts = qualityCharts(event).map((spec) => ({
+        spec,
+        chart: new LineChart({ title: spec.title, series: spec.series, xLabel: spec.x,
+          yRange: spec.yRange || null }),
+      }));
+      this.$("#quality-charts").replaceChildren(...this.qualityCharts.map(({ chart }) =>
+        chart.node));
+    }
+    this.feedCharts(event);
+    const info = event.info;
+    if (this.best && this.best.path) {
+      this.showBest(this.best); // the job's result has the final word: mark it
+    } else if (Number.isInteger(info.best_step)) {
+      this.showBest({ step: info.best_step, metric: info.metric, value: info.best });
+    }
+    if ("class_entropy" in event.metrics) this.showEntropy(event.metrics.class_entropy);
+  }
+
+  /** "best: step 100, fd 12.3 — final/best.pt"; the path once the job has written it. */
+  showBest(best) {
+    this.best = best;
+    const node = this.$("#quality-best");
+    node.dataset.step = best ? String(best.step) : "";
+    const where = best && best.path ? ` — ${best.path}` : " (so far)";
+    node.textContent = best
+      ? `best: step ${best.step}, ${best.metric} ${formatNumber(best.value)}${where}`
+      : "";
+    for (const { spec, chart } of this.qualityCharts) {
+      if (spec.best) chart.mark(best ? best.step : null, "best");
+    }
+  }
+
+  async showEntropy(value) {
+    const node = this.$("#quality-entropy");
+    const text = `class entropy ${value.toFixed(3)} nats`;
+    node.textContent = `${text} (ideal ln K for K classes: every class equally often)`;
+    const classes = await this.classCount();
+    if (classes > 1) {
+      node.textContent = `${text} (ideal ln ${classes} = ${Math.log(classes).toFixed(3)}: ` +
+        "every class equally often)";
+    }
+  }
+
+  /** The data set's number of classes: 10 for the built-in ones, else the upload's record. */
+  classCount() {
+    const dataset = this.job.spec.dataset;
+    if (BUILTIN_DATASETS.has(dataset)) return Promise.resolve(BUILTIN_CLASSES);
+    if (!this.classes) {
+      this.classes = api(`/v1/datasets/${encodeURIComponent(dataset)}`, { signal: this.signal })
+        .then((d) => d.num_classes, () => null);
+    }
+    return this.classes;
+  }
+
+  showQualityNote(reason) {
+    say(this.$("#quality-note"), `Sample quality not measured: ${reason}`);
+    if (!this.best) this.$("#quality-best").textContent = ""; // no "no score yet": none comes
   }
 
   // --- sample grids: a timeline and a side-by-side comparison
@@ -610,6 +744,14 @@ class JobPage {
     const device = result.memory && result.memory.device ? ` on ${result.memory.device}` : "";
     rows.push(el("tr", {}, el("th", { text: "throughput" }),
       el("td", { text: `${formatNumber(Math.round(result.images_per_s))} images/s${device}` })));
+    if (result.best) {
+      const best = result.best;
+      rows.push(el("tr", {}, el("th", { text: "best step" }), el("td", {
+        text: `step ${best.step}, ${best.metric} ${shown(best.metric, best.value)} — ${best.path}`,
+      })));
+      if (best.metric !== "test_accuracy") this.showBest(best);
+    }
+    if (result.quality_note) this.showQualityNote(result.quality_note);
     tbody.replaceChildren(...rows);
   }
 

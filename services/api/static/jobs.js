@@ -9,6 +9,7 @@ import {
   fromTemplate,
   say,
   statusBadge,
+  warningBadge,
 } from "./dom.js";
 
 const REFRESH_MS = 2500;
@@ -153,7 +154,7 @@ class JobList {
     const what = `${spec.task} · ${spec.model} · ${spec.dataset}${mode}`;
     return el("tr", { "data-job-id": job.id, "data-status": job.status },
       el("td", {}, link, name),
-      el("td", {}, statusBadge(job.status)),
+      el("td", {}, statusBadge(job.status), ...(job.warnings || []).map(warningBadge)),
       el("td", { text: what }),
       el("td", {}, progressCell(job)),
       el("td", { class: "eta" }, ...this.outcome(job)),
