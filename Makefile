@@ -80,6 +80,8 @@ bench: install
 	$(PY) -m bench.checkpoint_io
 	$(PY) -m bench.book_memory
 	$(PY) -m bench.scale
+	-$(PY) -m bench.gan_quality --only baseline,final  # exits 1 while a target is missed
+	$(PY) -m bench.quality_cost
 	-$(PY) -m bench.gpu_speed
 	-$(PY) -m bench.gpu_memory_check
 
