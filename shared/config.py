@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     QUALITY_SAMPLES: int = Field(
         1000, ge=2, le=50_000, description="Generated (and real test) images per quality score"
     )
+    QUALITY_MIN_TEST: int = Field(
+        100, ge=2, description="Fewer test images than this: quality is skipped, with the reason"
+    )
     QUALITY_INCEPTION_KEY: str = Field(
         "models/inception/weights-inception-2015-12-05-6726825d.pth",
         description="Object key of the FID Inception-v3 weights (unlabelled data sets)",

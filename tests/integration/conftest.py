@@ -33,6 +33,8 @@ OVERRIDES = {
     "TRAINYARD_PLAN_WAIT_S": "20",
     # GAN scores of 200 images, not 1,000: the zoo's 128-pixel GANs generate them on a CPU.
     "TRAINYARD_QUALITY_SAMPLES": "200",
+    # ...and uploads of a few dozen images are scored (4 test images: FID on CPU stays quick).
+    "TRAINYARD_QUALITY_MIN_TEST": "2",
     "TRAINYARD_API_TOKENS": ",".join(
         f"{name}:{token}" + (":admin" if name == "root" else "") for name, token in USERS.items()
     ),

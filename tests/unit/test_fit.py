@@ -17,6 +17,7 @@ from workers.trainer import checkpoint
 from workers.trainer.data import load_dataset
 from workers.trainer.fit import fit
 from workers.trainer.models import build_model
+from workers.trainer.monitor import Diverged
 from workers.trainer.recipes import ClassifierRecipe, GanRecipe
 from workers.trainer.run import JobStopped, LocalRun, Run, StopReason
 
@@ -107,6 +108,22 @@ def test_shutdown_checkpoints_the_step_it_stops_at(tmp_path: Path) -> None:
         fit(SMOKE, run)
     manifest = checkpoint.read_manifest(run.store, run.objects)
     assert manifest is not None and manifest.step == 5
+
+
+def test_a_shutdown_after_a_non_finite_loss_saves_nothing_and_fails(tmp_path: Path) -> None:
+    """A NaN at step 4, then SIGTERM's hand-back at step 5, between two logs: the hand-back
+    must not save the non-finite model and call it the newest checkpoint."""
+
+    class NanThenShutdown(StopAt):
+        def after_step(self, step: int, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v * float("nan") for k, v in losses.items()} if step == 4 else losses
+
+    spec = SMOKE.model_copy(update={"log_every": 100, "checkpoint_every": 2})
+    run = NanThenShutdown(LocalArtifactStore(tmp_path), 5, "shutdown")
+    with pytest.raises(Diverged, match="diverged at step 4: non-finite loss; the last good "):
+        fit(spec, run)
+    manifest = checkpoint.read_manifest(run.store, run.objects)
+    assert manifest is not None and manifest.step == 2
 
 
 def test_resume_continues_the_step_count_with_identical_weights(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ synthetic data and a folder store (docs/quality.md)."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -128,13 +129,20 @@ def test_a_cgan_is_scored_on_agreement_with_the_requested_label(
 def test_no_inception_weights_means_no_fid_and_a_reason(tmp_path: Path) -> None:
     x = torch.zeros(10, 1, 28, 28, dtype=torch.uint8)
     unlabelled = ImageData("ds-x", x[:8], torch.zeros(8), x[8:], torch.zeros(2), [])
-    settings = Settings(DATA_DIR=str(tmp_path / "data"))
+    settings = Settings(DATA_DIR=str(tmp_path / "data"), QUALITY_MIN_TEST=2)
     store = LocalArtifactStore(tmp_path / "store")
     with pytest.raises(quality.QualityUnavailable, match="TRAINYARD_QUALITY_INCEPTION_DOWNLOAD"):
         quality.meter_for(unlabelled, Prepare(None, None, None), False, store, settings, CPU, 0)
     store.put_bytes(settings.QUALITY_INCEPTION_KEY, b"import os  # not a state dict")
     with pytest.raises(quality.QualityUnavailable, match="not a plain state dict"):
         quality.meter_for(unlabelled, Prepare(None, None, None), False, store, settings, CPU, 0)
+    # A plain state dict, but not Inception's: a reason, and no local copy kept.
+    buf = io.BytesIO()
+    torch.save({"a": torch.zeros(3)}, buf)
+    store.put_bytes(settings.QUALITY_INCEPTION_KEY, buf.getvalue())
+    with pytest.raises(quality.QualityUnavailable, match="not the FID Inception-v3 state dict"):
+        quality.meter_for(unlabelled, Prepare(None, None, None), False, store, settings, CPU, 0)
+    assert not (tmp_path / "data" / "models" / quality.INCEPTION_FILE).exists()
 
 
 def test_the_finite_guard_names_the_first_bad_step_and_loss() -> None:
@@ -227,3 +235,26 @@ def test_near_identical_fixed_samples_are_warned_as_mode_collapse(tmp_path: Path
     assert [w.code for w in run.warnings] == ["mode_collapse"]
     assert run.warnings[0].step == 20
     run.close()
+
+
+def test_a_test_split_too_small_for_a_frechet_distance_is_not_scored(tmp_path: Path) -> None:
+    x = torch.zeros(60, 1, 28, 28, dtype=torch.uint8)
+    small = ImageData(
+        "ds-y", x[:54], torch.arange(54) % 3, x[54:], torch.arange(6) % 3, list("abc")
+    )
+    store = LocalArtifactStore(tmp_path)
+    with pytest.raises(quality.QualityUnavailable, match="test split has 6 images"):
+        quality.meter_for(small, Prepare(None, None, None), True, store, Settings(), CPU, 0)
+
+
+def test_the_reference_scores_resized_images_at_the_side_it_trained_on(
+    data: ImageData, trained: reference.Reference
+) -> None:
+    """A job that resizes 12-pixel bars to 32 and to RGB is scored as its data set's images."""
+    x = data.test_x.float() / 255
+    bigger = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear").expand(
+        -1, 3, -1, -1
+    )
+    assert trained.net.side == 12
+    agree = (trained.probabilities(bigger).argmax(1) == data.test_y).float().mean()
+    assert agree >= 0.9

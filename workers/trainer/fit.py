@@ -68,6 +68,8 @@ def fit(
                     monitor.score(step, epoch)
                     window = time.perf_counter()
                 if run.should_stop(step):  # cancel, shutdown or lost lease
+                    if run.stop_reason == "shutdown":
+                        monitor.check()  # a shutdown checkpoints this step
                     raise run.stop(step, epoch, partial(_state, recipe, monitor, step, epoch))
                 if step == total:
                     break

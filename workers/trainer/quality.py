@@ -100,15 +100,19 @@ def meter_for(
     """The quality meter of a job on `data` (images prepared as the job trains on them).
     Labelled: the reference classifier, trained and cached first if missing. Unlabelled: the
     Inception-v3 weights from the object store. Raises QualityUnavailable with the reason."""
-    n = min(settings.QUALITY_SAMPLES, len(data.test_x))
-    if n < 2:
-        raise QualityUnavailable(f"{data.name} has {len(data.test_x)} test image(s); need 2")
+    if len(data.test_x) < settings.QUALITY_MIN_TEST:
+        raise QualityUnavailable(
+            f"{data.name}'s test split has {len(data.test_x)} images; a Fréchet distance needs "
+            f"at least {settings.QUALITY_MIN_TEST} (TRAINYARD_QUALITY_MIN_TEST)"
+        )
+    n = min(settings.QUALITY_SAMPLES, len(data.test_x))  # real images; fakes: QUALITY_SAMPLES
     gen = torch.Generator().manual_seed(seed + SEED_OFFSET)
     # A seeded subset: splits may be stored sorted by class.
     test = data.test_x[torch.randperm(len(data.test_x), generator=gen)[:n].to(data.test_x.device)]
     real = torch.cat([prepare(test[i : i + BATCH]) for i in range(0, n, BATCH)])
-    z = torch.randn(n, LATENT, generator=gen).to(device)
-    labels = (torch.arange(n) % max(data.num_classes, 1)).to(device) if conditional else None
+    fakes = settings.QUALITY_SAMPLES
+    z = torch.randn(fakes, LATENT, generator=gen).to(device)
+    labels = (torch.arange(fakes) % max(data.num_classes, 1)).to(device) if conditional else None
     ref: Reference | None = None
     if data.num_classes >= 2:
         ref = reference.load_or_train(data, store, device)
@@ -116,9 +120,16 @@ def meter_for(
         metric = "fd"
     else:
         path = inception_weights(store, settings)
-        fd = FrechetInceptionDistance(
-            2048, reset_real_features=False, normalize=True, feature_extractor_weights_path=path
-        )
+        try:
+            fd = FrechetInceptionDistance(
+                2048, reset_real_features=False, normalize=True, feature_extractor_weights_path=path
+            )
+        except (RuntimeError, TypeError, KeyError) as exc:  # a state dict, but not Inception's
+            Path(path).unlink(missing_ok=True)  # not kept: a fixed object is fetched next time
+            raise QualityUnavailable(
+                f"the weights at {settings.QUALITY_INCEPTION_KEY} are not the FID Inception-v3 "
+                f"state dict: {str(exc).splitlines()[0]}"
+            ) from None
         metric = "fid"
     fd = fd.to(device)
     for i in range(0, n, BATCH):

@@ -40,9 +40,10 @@ class ReferenceNet(nn.Module):
     """A small CNN for (N, C, H, W) images in [0, 1] of any side. forward -> (N, K) logits;
     features -> (N, 128), the penultimate layer."""
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, side: int = WORK_SIDE) -> None:
         super().__init__()
-        self.channels, self.num_classes = channels, num_classes
+        # `side`: the side it is trained and scores at (its data set's, at most WORK_SIDE).
+        self.channels, self.num_classes, self.side = channels, num_classes, side
 
         self.body = nn.Sequential(
             nn.Conv2d(channels, 16, 3, padding=1),
@@ -64,11 +65,12 @@ class ReferenceNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(FEATURES, num_classes))
 
     def adapt(self, x: Tensor) -> Tensor:
-        """Bring samples of a job's shape to this net's: grey <-> colour, at most WORK_SIDE."""
+        """Bring images of a job's shape (a resize, grey -> RGB) to the ones this net was
+        trained on: its channels, `side` x `side`."""
         if x.shape[1] != self.channels:
             x = x.mean(1, keepdim=True) if self.channels == 1 else x.expand(-1, 3, -1, -1)
-        if max(x.shape[2:]) > WORK_SIDE:
-            x = F.interpolate(x, size=(WORK_SIDE, WORK_SIDE), mode="bilinear", antialias=True)
+        if tuple(x.shape[2:]) != (self.side, self.side):
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True)
         return x
 
     def features(self, x: Tensor) -> Tensor:
@@ -148,7 +150,8 @@ def train_reference(data: ImageData, device: torch.device | None = None) -> Refe
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from the global RNG
         torch.manual_seed(SEED)
-        net = ReferenceNet(data.train_x.shape[1], data.num_classes).to(device)
+        side = min(max(data.train_x.shape[2:]), WORK_SIDE)
+        net = ReferenceNet(data.train_x.shape[1], data.num_classes, side).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=LR)
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=STEPS)
         x_all, y_all = data.train_x.to(device), data.train_y.to(device)
@@ -185,6 +188,7 @@ def save(reference: Reference, store: ArtifactStore, dataset: str) -> None:
         "version": REFERENCE_VERSION,
         "channels": reference.net.channels,
         "num_classes": reference.net.num_classes,
+        "side": reference.net.side,
         "state_dict": {k: v.cpu() for k, v in reference.net.state_dict().items()},
         "test_accuracy": reference.test_accuracy,
         "confident_real": reference.confident_real,
@@ -202,7 +206,7 @@ def load(store: ArtifactStore, dataset: str) -> Reference | None:
     except ArtifactNotFound:
         return None
     state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    net = ReferenceNet(int(state["channels"]), int(state["num_classes"]))
+    net = ReferenceNet(int(state["channels"]), int(state["num_classes"]), int(state["side"]))
     net.load_state_dict(state["state_dict"])
     return Reference(
         net.eval(),
