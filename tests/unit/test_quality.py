@@ -223,8 +223,12 @@ def test_near_identical_fixed_samples_are_warned_as_mode_collapse(tmp_path: Path
     spec = GanSpec(dataset="fake", device="cpu")
     data = load_dataset("fake")
     run = Run.local(tmp_path)
+    torch.manual_seed(0)
     recipe = make_recipe(spec, data, CPU)
-    monitor = Monitor(spec, recipe, data, run, CPU, Settings(QUALITY=False))
+    # An untrained G's samples differ 0.10-0.11x as much as fake's noise images do (seeds
+    # 0-7): a threshold of 0.05 keeps this test off that edge.
+    settings = Settings(QUALITY=False, HEALTH_COLLAPSE_RATIO=0.05)
+    monitor = Monitor(spec, recipe, data, run, CPU, settings)
     monitor.score(10, 0)  # a fresh G: its samples differ
     assert run.warnings == []
     assert isinstance(recipe, GanRecipe)

@@ -12,7 +12,6 @@ classifier's penultimate layer as its custom feature extractor."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from shared.config import Settings
@@ -29,15 +29,10 @@ from workers.trainer.data import ImageData, Prepare
 from workers.trainer.models.gans import LATENT
 from workers.trainer.reference import CONFIDENT, FeatureHead, Reference
 
-log = logging.getLogger(__name__)
-
 # A generator: (N, 100) seeds [+ (N,) class indices for a cGAN] -> (N, C, H, W) in [0, 1].
 Generate = Callable[[Tensor, Tensor | None], Tensor]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for it
-INCEPTION_URL = (
-    f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-)
 BATCH = 250
 SEED_OFFSET = 7_919  # the scoring seeds are the job's seed + this: never the training stream
 
@@ -177,7 +172,7 @@ def inception_weights(store: ArtifactStore, settings: Settings) -> str:
                     "object store (docs/quality.md: put them there, or set "
                     "TRAINYARD_QUALITY_INCEPTION_DOWNLOAD=true)"
                 ) from None
-            torch.hub.download_url_to_file(INCEPTION_URL, str(partial), progress=False)
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(partial), progress=False)
             store.put_bytes(settings.QUALITY_INCEPTION_KEY, partial.read_bytes())
         try:
             torch.load(partial, map_location="cpu", weights_only=True)
