@@ -72,6 +72,27 @@ def test_the_reference_is_cached_in_the_store_and_loads_as_plain_weights(
     assert reference.load(store, "mnist-5k") is None
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"not a torch file", b"PK\x03\x04truncated", "older"],
+    ids=["garbage", "truncated-zip", "older-format"],
+)
+def test_an_unreadable_cached_reference_is_a_miss_not_a_crash(
+    trained: reference.Reference, tmp_path: Path, content: bytes | str
+) -> None:
+    """A cached file that is not this version's reference (garbage, cut short, or an older
+    layout without a field) is retrained instead of failing every job on the data set."""
+    store = LocalArtifactStore(tmp_path)
+    key = reference.reference_key("ds-0123456789abcdef")
+    if content == "older":
+        buf = io.BytesIO()
+        torch.save({"channels": 1, "num_classes": 10, "state_dict": {}}, buf)  # no "side"
+        content = buf.getvalue()
+    assert isinstance(content, bytes)
+    store.put_bytes(key, content)
+    assert reference.load(store, "ds-0123456789abcdef") is None
+
+
 def test_entropy_is_in_nats() -> None:
     assert reference.entropy(torch.tensor([5, 5])) == pytest.approx(math.log(2))
     assert reference.entropy(torch.tensor([10, 0, 0])) == 0.0

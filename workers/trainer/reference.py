@@ -200,20 +200,25 @@ def save(reference: Reference, store: ArtifactStore, dataset: str) -> None:
 
 
 def load(store: ArtifactStore, dataset: str) -> Reference | None:
-    """The cached reference classifier of `dataset`, or None if there is none yet."""
+    """The cached reference classifier of `dataset`, or None if there is none yet or the cached
+    file cannot be read as this version's (it is then trained and written again)."""
     try:
         raw = store.get_bytes(reference_key(dataset))
     except ArtifactNotFound:
         return None
-    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    net = ReferenceNet(int(state["channels"]), int(state["num_classes"]), int(state["side"]))
-    net.load_state_dict(state["state_dict"])
-    return Reference(
-        net.eval(),
-        float(state["test_accuracy"]),
-        float(state["confident_real"]),
-        float(state["train_s"]),
-    )
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        net = ReferenceNet(int(state["channels"]), int(state["num_classes"]), int(state["side"]))
+        net.load_state_dict(state["state_dict"])
+        return Reference(
+            net.eval(),
+            float(state["test_accuracy"]),
+            float(state["confident_real"]),
+            float(state["train_s"]),
+        )
+    except Exception as exc:  # truncated, foreign or older-format file: train it again
+        log.warning("the cached reference of %s is unreadable (%s); retraining it", dataset, exc)
+        return None
 
 
 # References this process has loaded, by data set: a worker reads each from the store once.
