@@ -27,7 +27,7 @@ from shared.schemas import JobSpecAdapter
 from workers.trainer import quality
 from workers.trainer.data import load_dataset
 from workers.trainer.fit import fit
-from workers.trainer.models import build_gan
+from workers.trainer.models import generator_from_export
 from workers.trainer.recipes import FAST_TRICKS, NO_TRICKS, GanTricks, _prepare_for
 from workers.trainer.run import Run
 
@@ -55,7 +55,8 @@ VARIANTS = [
     ),
     # What was kept, added one after the other: the final defaults are the last of these.
     Variant("lr", "+ lr 2e-3 (10x)", FAST_SPEC, NO_TRICKS),
-    Variant("final", "+ EMA of G, decay 0.999 (= the new defaults)"),
+    Variant("ema", "+ EMA of G, decay 0.999", FAST_SPEC, replace(NO_TRICKS, ema=0.999)),
+    Variant("final", "+ self-conditioning on 20 clusters (conv_gan only) (= the new defaults)"),
     # What was dropped, each added to the final defaults alone.
     Variant(
         "translate",
@@ -77,9 +78,7 @@ def score(path: Path, meter: quality.QualityMeter) -> dict[str, float]:
     """Scores of the generator in a job's final/model.pt (its `state_dict`: the sampling G)."""
     saved = torch.load(path, weights_only=True, map_location="cpu")
     k = saved["num_classes"]
-    _, gen = build_gan(saved["model_name"], (1, 28, 28), k)
-    gen.load_state_dict(saved["state_dict"])
-    gen.eval()
+    gen = generator_from_export(saved)
 
     def generate(z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return gen(z) if labels is None else gen(z, F.one_hot(labels, k).float())

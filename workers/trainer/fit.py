@@ -33,7 +33,7 @@ def fit(
     torch.manual_seed(spec.seed)
     data = load_dataset(spec.dataset, run.store, run.data_dir).to(device)
     recipe = make_recipe(spec, data, device, micro_batch, tricks)
-    batches = Batches(data.train_x, data.train_y, spec.batch_size, spec.seed)
+    batches = Batches(data.train_x, recipe.train_labels, spec.batch_size, spec.seed)
     total = min(spec.epochs * len(batches), spec.max_steps or spec.epochs * len(batches))
     metrics: dict[str, float] = {}
     with run:  # its background writer stops when we leave, however we leave

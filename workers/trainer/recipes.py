@@ -18,10 +18,11 @@ from torchvision.utils import make_grid
 
 from shared.schemas import CganSpec, ClassifierSpec, GanSpec, JobSpec
 from shared.zoo import MODELS
+from workers.trainer import clusters
 from workers.trainer.augment import diff_augment
 from workers.trainer.data import ImageData, Prepare
 from workers.trainer.models import build_gan, build_model
-from workers.trainer.models.gans import LATENT
+from workers.trainer.models.gans import LATENT, SelfConditionedGenerator
 from workers.trainer.speed import Forward, training_forward
 
 EVAL_BATCH = 500
@@ -29,9 +30,11 @@ GRID_COLUMNS = 8
 
 
 class Recipe(Protocol):
-    """train_step takes uint8 images as stored and prepares them (per micro-batch)."""
+    """train_step takes uint8 images as stored and prepares them (per micro-batch), with
+    their `train_labels` (the data set's labels, or what the recipe trains on instead)."""
 
     prepare: Prepare
+    train_labels: Tensor  # (N,) int64, one per train image, on the data's device
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]: ...
     def evaluate(self) -> dict[str, float]: ...
@@ -67,6 +70,7 @@ class ClassifierRecipe:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.loss_fn = nn.BCELoss()
         self.outputs = 10  # the book's models have 10 outputs whatever the data set
+        self.train_labels = data.train_y
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """One optimiser step on a uint8 batch, accumulated over micro-batches if set."""
@@ -165,7 +169,12 @@ class GanTricks:
     - `spectral_norm`: spectral normalisation of D's weights in place of its BatchNorm
       (Miyato et al., ICLR 2018); conv_gan and conv_cgan only.
     - `real_label`: D's target for real images; 0.9 is one-sided label smoothing (Salimans
-      et al., "Improved Techniques for Training GANs", NeurIPS 2016), 1.0 is none."""
+      et al., "Improved Techniques for Training GANs", NeurIPS 2016), 1.0 is none.
+    - `self_condition`: conv_gan only; if on, the unconditional GAN is conditioned on
+      clusters of its own train images (workers/trainer/clusters.py; Liu et al., "Diverse
+      Image Generation via Self-Conditioned GANs", CVPR 2020): G reads the cluster from its
+      seed (models.gans.SelfConditionedGenerator), D takes it by projection. G(z) stays
+      unconditional to its users."""
 
     ema: float = 0.0
     augment: tuple[str, ...] = ()
@@ -173,11 +182,12 @@ class GanTricks:
     lr_g: float = 1.0
     spectral_norm: bool = False
     real_label: float = 0.9
+    self_condition: bool = False
 
 
 NO_TRICKS = GanTricks()  # the fast recipe as it was before issue 17: every trick off
 # What fast mode uses, with FAST_DEFAULTS' lr 2e-3 (bench/gan_quality.py, bench/RESULTS.md).
-FAST_TRICKS = GanTricks(ema=0.999)
+FAST_TRICKS = GanTricks(ema=0.999, self_condition=True)
 AUGMENT_SEED_OFFSET = 104_729  # the augmentation stream is spec.seed + this, never global
 
 
@@ -207,8 +217,21 @@ class GanRecipe:
         self.classes = (fixed or data.num_classes) if spec.task == "cgan" else 0
         activation = spec.activation if isinstance(spec, GanSpec) else "leaky_relu"
         sn = self.tricks.spectral_norm and spec.model in ("conv_gan", "conv_cgan")
+        # Self-conditioning: cluster indices stand in for labels in D's real and fake passes.
+        self.clusters = (
+            clusters.cluster(data, self.prepare)
+            if self.tricks.self_condition and spec.model == "conv_gan"
+            else None
+        )
+        k = self.clusters.k if self.clusters else 0
         with device:
-            self.D, self.G = build_gan(spec.model, (c, h, w), self.classes, activation, sn)
+            self.D, self.G = build_gan(spec.model, (c, h, w), self.classes, activation, sn, k)
+        self.conditioned_g = self.G if isinstance(self.G, SelfConditionedGenerator) else None
+        if self.conditioned_g is not None and self.clusters is not None:
+            self.conditioned_g.set_prior(self.clusters.prior)
+        self.train_labels = (
+            data.train_y if self.clusters is None else self.clusters.train.to(data.train_x.device)
+        )
         # Training passes go through the speed flags; evaluation and grids use D and G as they are.
         self.train_d = training_forward(spec, self.D, device)
         self.train_g = training_forward(spec, self.G, device)
@@ -244,6 +267,19 @@ class GanRecipe:
         if not self.classes:
             return None
         return self._one_hot(torch.randint(self.data.num_classes, (n,), device=self.device))
+
+    def _real_condition(self, y: Tensor) -> Tensor | None:
+        """D's condition for real images with these labels (cluster indices when
+        self-conditioned): one-hot, or None for a plain GAN."""
+        if self.clusters is not None:
+            return F.one_hot(y.to(self.device), self.clusters.k).float()
+        return self._one_hot(y) if self.classes else None
+
+    def _fake_condition(self, z: Tensor, label: Tensor | None) -> Tensor | None:
+        """D's condition for G(z, label): the label itself, or the cluster G read from z."""
+        if self.conditioned_g is not None:
+            return self.conditioned_g.one_hot(z)
+        return label
 
     def _d(self, x: Tensor, label: Tensor | None) -> Tensor:
         return _call(self.train_d, x, label)
@@ -288,6 +324,7 @@ class GanRecipe:
             return self._book_step(self.prepare(x), self._one_hot(y) if self.classes else None)
         n = len(x)
         z, fake_label = self._seed(n), self._random_labels(n)
+        d_fake_label = self._fake_condition(z, fake_label)
         chunks = [slice(i, i + self.micro) for i in range(0, n, self.micro)]
         # D on real and on G(z).detach(), accumulated over micro-batches, one D update.
         self.opt_d.zero_grad(set_to_none=True)
@@ -296,11 +333,11 @@ class GanRecipe:
         d_loss, d_real, d_fake, g_loss = zero, zero, zero, zero
         for c in chunks:
             share = len(x[c]) / n
-            real_label = self._one_hot(y[c]) if self.classes else None
+            real_label = self._real_condition(y[c])
             fake = self._g(z[c], _part(fake_label, c))
             out_real, out_fake = (
                 self._d(self._augment(self.prepare(x[c])), real_label),
-                self._d(self._augment(fake.detach()), _part(fake_label, c)),
+                self._d(self._augment(fake.detach()), _part(d_fake_label, c)),
             )
             # One-sided label smoothing (real target 0.9) keeps D from overpowering G.
             loss = self._bce(out_real, self.tricks.real_label) + self._bce(out_fake, 0.0)
@@ -314,7 +351,7 @@ class GanRecipe:
         self.opt_g.zero_grad(set_to_none=True)
         for c, kept in zip(chunks, fakes, strict=True):
             fake = kept if kept is not None else self._g(z[c], _part(fake_label, c))
-            loss = self._bce(self._d(self._augment(fake), _part(fake_label, c)), 1.0)
+            loss = self._bce(self._d(self._augment(fake), _part(d_fake_label, c)), 1.0)
             (loss * len(x[c]) / n).backward()
             g_loss = g_loss + loss.detach() * len(x[c]) / n
         self.opt_g.step()
@@ -359,12 +396,13 @@ class GanRecipe:
         self.D.eval()
         self.G.eval()
         n = len(self.fixed_z)  # as many real images as fixed seeds
-        x, y = self.data.test_x[:n], self.data.test_y[:n]
-        real_label = self._one_hot(y) if self.classes else None
+        x = self.data.test_x[:n]
+        y = self.data.test_y[:n] if self.clusters is None else self.clusters.test[:n]
         fake = _call(self.G, self.fixed_z, self.fixed_labels)
+        fake_label = self._fake_condition(self.fixed_z, self.fixed_labels)
         return {
-            "test_d_real": _call(self.D, self.prepare(x), real_label).mean().item(),
-            "test_d_fake": _call(self.D, fake, self.fixed_labels).mean().item(),
+            "test_d_real": _call(self.D, self.prepare(x), self._real_condition(y)).mean().item(),
+            "test_d_fake": _call(self.D, fake, fake_label).mean().item(),
         }
 
     @torch.no_grad()
@@ -394,6 +432,8 @@ class GanRecipe:
             "opt_g": self.opt_g.state_dict(),
             "augment_rng": self.augment_rng.get_state(),
         }
+        if self.clusters is not None:  # a resume elsewhere trains on these, not a re-run's
+            state["clusters"] = {"train": self.clusters.train, "test": self.clusters.test}
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
             state["ema_steps"] = self.ema_steps
@@ -409,6 +449,11 @@ class GanRecipe:
         rng = state.get("augment_rng")
         if rng is not None and rng.numel() == self.augment_rng.get_state().numel():
             self.augment_rng.set_state(rng.cpu())
+        saved = state.get("clusters")
+        if self.clusters is not None and saved is not None:
+            self.clusters.train.copy_(saved["train"])
+            self.clusters.test.copy_(saved["test"])
+            self.train_labels.copy_(saved["train"])  # in place: the batches hold this tensor
         if self.G_ema is not None:
             # A checkpoint written without EMA: the average starts again from its G.
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
@@ -426,6 +471,8 @@ class GanRecipe:
             },
             "spec": self.spec.model_dump(mode="json"),
             "latent_dim": LATENT,
+            "image": list(self.prepare(self.data.train_x[:1]).shape[1:]),  # (C, H, W)
+            "clusters": self.clusters.k if self.clusters else 0,
             "num_classes": self.classes,
             "classes": self.data.classes,
         }

@@ -183,10 +183,21 @@ class ConvDiscriminator(nn.Module):
 
     `spectral_norm`: every conv and linear weight divided by its largest singular value
     (Miyato, Kataoka, Koyama and Yoshida, "Spectral Normalization for Generative Adversarial
-    Networks", ICLR 2018), in place of BatchNorm, as in their SNGAN discriminator."""
+    Networks", ICLR 2018), in place of BatchNorm, as in their SNGAN discriminator.
+
+    `projection` (K > 0, with num_classes 0): the condition enters as a projection instead
+    (Miyato and Koyama, "cGANs with Projection Discriminator", ICLR 2018): the logit gains
+    <embed(label), features>, where features are the input of the last linear layer. It
+    costs K x features parameters and no extra convolution, whatever K; the (N, K) one-hot
+    label is then required."""
 
     def __init__(
-        self, channels: int, size: int, num_classes: int = 0, spectral_norm: bool = False
+        self,
+        channels: int,
+        size: int,
+        num_classes: int = 0,
+        spectral_norm: bool = False,
+        projection: int = 0,
     ) -> None:
         super().__init__()
         base, steps = _steps(size)
@@ -205,13 +216,19 @@ class ConvDiscriminator(nn.Module):
             nn.Sigmoid(),
         )
         self.num_classes = num_classes
+        self.embed = nn.Embedding(projection, widths[-1] * base * base) if projection else None
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
         if self.num_classes:
             assert label is not None
             planes = label[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
             x = torch.cat((x, planes), dim=1)
-        return self.net(x)
+        if self.embed is None:
+            return self.net(x)
+        assert label is not None
+        features = self.net[:-2](x)  # (N, F): everything before the last Linear
+        logit = self.net[-2](features) + ((label @ self.embed.weight) * features).sum(1, True)
+        return self.net[-1](logit)
 
 
 def _same(module: nn.Module) -> nn.Module:
@@ -243,3 +260,40 @@ class ConvGenerator(nn.Module):
             assert label is not None
             z = torch.cat((z, label), dim=1)
         return self.net(z)
+
+
+class SelfConditionedGenerator(nn.Module):
+    """(N, 100) -> (N, C, S, S): an unconditional generator made of a conditional one.
+
+    The condition is one of K clusters of the train images (workers/trainer/clusters.py,
+    after Liu et al., "Diverse Image Generation via Self-Conditioned GANs", CVPR 2020), read
+    from the seed itself: the normal CDF of z[:, 0] is uniform on (0, 1), and the cluster is
+    the one whose share of the prior's cumulative sum it falls in. So z ~ N(0, I) draws
+    clusters as often as the train split holds them, and G(z) stays a function of z alone,
+    sampled like any other generator. `cumulative` (K,) is a buffer set from the prior by
+    the recipe and saved with the weights."""
+
+    cumulative: Tensor
+
+    def __init__(self, channels: int, size: int, clusters: int) -> None:
+        super().__init__()
+        self.net = ConvGenerator(channels, size, clusters)
+        self.clusters = clusters
+        self.register_buffer("cumulative", torch.arange(1, clusters + 1) / clusters)
+
+    def set_prior(self, prior: Tensor) -> None:
+        """prior: (K,) non-negative shares of the clusters (normalised here)."""
+        with torch.no_grad():
+            self.cumulative.copy_(prior.to(self.cumulative).cumsum(0) / prior.sum())
+
+    def cluster_of(self, z: Tensor) -> Tensor:
+        """(N, 100) seeds -> (N,) cluster indices (int64)."""
+        u = torch.special.ndtr(z[:, 0].contiguous())
+        return torch.searchsorted(self.cumulative, u, right=True).clamp(max=self.clusters - 1)
+
+    def one_hot(self, z: Tensor) -> Tensor:
+        """(N, 100) seeds -> (N, K) one-hot clusters (float), D's condition for G(z)."""
+        return nn.functional.one_hot(self.cluster_of(z), self.clusters).to(z.dtype)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z, self.one_hot(z))
