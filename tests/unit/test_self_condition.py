@@ -67,6 +67,17 @@ def test_small_splits_get_fewer_clusters_and_tiny_ones_none() -> None:
     assert found.k == 1 and torch.equal(found.train, torch.zeros(20, dtype=torch.int64))
 
 
+def test_a_failed_clustering_trains_unconditioned_instead_of_failing(
+    data: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise ValueError("no eigenvectors")
+
+    monkeypatch.setattr(clusters, "_spectral", broken)
+    found = clusters.cluster(data, PLAIN)
+    assert found.k == 1 and int(found.train.max()) == 0 and len(found.test) == len(data.test_y)
+
+
 def test_the_generator_draws_clusters_as_often_as_the_train_split_holds_them() -> None:
     g = SelfConditionedGenerator(1, 28, 4)
     prior = torch.tensor([0.1, 0.4, 0.2, 0.3])

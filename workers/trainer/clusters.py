@@ -15,6 +15,8 @@ the test split get the majority cluster of their nearest clustered neighbours. C
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor
 
 from workers.trainer.data import ImageData, Prepare
+
+log = logging.getLogger(__name__)
 
 CLUSTERS = 20  # at most; fewer for small train splits (MIN_CLUSTER_SIZE images each)
 MIN_CLUSTER_SIZE = 20
@@ -54,19 +58,31 @@ def count_for(train_size: int) -> int:
 
 def cluster(data: ImageData, prepare: Prepare, k: int | None = None) -> Clusters:
     """Cluster `data`'s train images as the model sees them (after `prepare`) into `k`
-    (default count_for(train size)) groups; raises ValueError for an empty train split."""
-    from sklearn.cluster import SpectralClustering
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KNeighborsClassifier
-
+    (default count_for(train size)) groups; raises ValueError for an empty train split. If
+    the clustering fails (degenerate data), everything is one cluster: a plain GAN."""
     train, test = _flat(data.train_x, prepare), _flat(data.test_x, prepare)
     n = len(train)
     if n == 0:
         raise ValueError("cannot cluster an empty train split")
     k = k or count_for(n)
-    if k == 1:
-        zeros = np.zeros(n, dtype=np.int64)
-        return _clusters(zeros, np.zeros(len(test), dtype=np.int64), 1)
+    if k > 1:
+        try:
+            with warnings.catch_warnings():  # degenerate data (constant images) warns
+                warnings.simplefilter("ignore")
+                return _spectral(train, test, k)
+        except Exception as exc:  # self-conditioning is an aid: never fail a job over it
+            log.warning("clustering %s failed (%s); training unconditioned", data.name, exc)
+    return _clusters(np.zeros(n, dtype=np.int64), np.zeros(len(test), dtype=np.int64), 1)
+
+
+def _spectral(train: np.ndarray, test: np.ndarray, k: int) -> Clusters:
+    """PCA + spectral clustering of (at most FIT_AT_MOST of) `train`, the rest and `test`
+    assigned by their nearest clustered neighbours."""
+    from sklearn.cluster import SpectralClustering
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+
+    n = len(train)
     rng = np.random.default_rng(SEED)
     fit_idx = np.sort(rng.permutation(n)[:FIT_AT_MOST])
     pca = PCA(min(PCA_DIMS, len(fit_idx) - 1, train.shape[1]), random_state=SEED)
