@@ -38,7 +38,7 @@ def training_state(model: str) -> dict[str, Any]:
     data = _synthetic(image, 10, 4)
     spec = JobSpecAdapter.validate_python({**body, "batch_size": 4})
     recipe = make_recipe(spec, data, torch.device("cpu"))
-    recipe.train_step(data.train_x, data.train_y)
+    recipe.train_step(data.train_x, recipe.train_labels)
     return {**recipe.state_dict(), "step": 1, "epoch": 0}
 
 

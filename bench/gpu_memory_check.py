@@ -40,7 +40,7 @@ def measured_on_cuda(body: dict[str, Any], image: tuple[int, int, int], batch: i
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    recipe.train_step(data.train_x, data.train_y)
+    recipe.train_step(data.train_x, recipe.train_labels)
     torch.cuda.synchronize()
     peak = state + torch.cuda.max_memory_allocated() - before
     del recipe, data

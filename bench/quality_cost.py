@@ -67,7 +67,7 @@ def main() -> None:
         meter = quality.meter_for(
             data, recipe.prepare, recipe.classes > 0, store, settings, device, spec.seed
         )
-    x, y = data.train_x[: spec.batch_size], data.train_y[: spec.batch_size]
+    x, y = data.train_x[: spec.batch_size], recipe.train_labels[: spec.batch_size]
     recipe.train_step(x, y)  # warm-up
     meter.score(recipe.generate)
     step_s = timed(lambda: recipe.train_step(x, y), device, args.repeat * 4)

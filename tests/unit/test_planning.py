@@ -95,7 +95,7 @@ def _measure(body: dict[str, Any], image: tuple[int, int, int], batch: int) -> i
     recipe = make_recipe(spec, data, torch.device("cpu"))
     out: dict[str, int] = {}
     with profile_tensor_peak(recipe.state_dict().values(), out):
-        recipe.train_step(data.train_x, data.train_y)
+        recipe.train_step(data.train_x, recipe.train_labels)
     return out["peak_step_tensor_bytes"]
 
 

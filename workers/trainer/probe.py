@@ -46,7 +46,7 @@ def timeline(
     recipe = make_recipe(spec, data, torch.device("cpu"))
     base = tensor_bytes(recipe.state_dict().values())
     with no_gc(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        recipe.train_step(data.train_x, data.train_y)
+        recipe.train_step(data.train_x, recipe.train_labels)
     events = sorted(
         (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
         key=lambda e: e.start_ns(),

@@ -317,7 +317,8 @@ class GanRecipe:
             mine.copy_(theirs)
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """One D and one G update on a uint8 batch of real images (and their labels)."""
+        """One D and one G update on a uint8 batch of real images and their `train_labels`
+        (the data set's labels, or cluster indices when self-conditioned: not the labels)."""
         self.D.train()
         self.G.train()
         if self.book:
