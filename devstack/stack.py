@@ -27,6 +27,7 @@ from devstack.security import (
     write_seaweedfs_security,
 )
 from shared.auth import new_token
+from shared.broker import inference_queue
 from shared.config import Settings
 from shared.planning import plan_queue
 from shared.storage import S3ArtifactStore
@@ -397,18 +398,25 @@ class Stack:
         self.planner = celery_worker(
             "planner", plan_queue(queue), {"TRAINYARD_WORKER_ROLE": "planner"}, concurrency=2
         )
+        # The inference worker answers samples and predict requests (workers/inference/); it
+        # trains nothing and consumes only its own queue, so answers never wait behind a job.
+        self.inference = celery_worker(
+            "inference",
+            inference_queue(queue),
+            {"TRAINYARD_WORKER_ROLE": "inference", "TRAINYARD_WORKER_CPUS": "1"},
+        )
         self._dirs = (redis_dir, weed_dir)
 
     @property
     def processes(self) -> list[Process]:
-        return [self.redis, self.s3, self.api, self.planner, *self.workers]
+        return [self.redis, self.s3, self.api, self.planner, self.inference, *self.workers]
 
     def up(self, timeout: float = 90.0) -> None:
         """Start what is not running and wait until the API says it is ready."""
         try:
             self.start_storage()
             self._start(self.api)
-            for worker in [self.planner, *self.workers]:
+            for worker in [self.planner, self.inference, *self.workers]:
                 self._start(worker)
             wait_for(self.ready, timeout, "the API's /readyz")
             wait_for(self.workers_online, timeout, "the Celery workers")
@@ -484,7 +492,7 @@ class Stack:
 
         app = make_celery(self.config.settings())
         replies = app.control.ping(timeout=1.0) or []
-        return len(replies) >= len(self.workers) + 1  # and the planner
+        return len(replies) >= len(self.workers) + 2  # and the planner and inference worker
 
     def write_env(self) -> Path:
         """Write `root/stack.env` (0600: it holds the secrets) and return its path."""

@@ -13,6 +13,14 @@ from redis import Redis
 from shared.config import Settings
 
 TRAIN_TASK = "trainyard.train_job"
+# Samples and predictions (services/api/inference.py -> workers/inference/), on a queue of
+# their own that only the inference worker consumes: never behind a training job.
+INFER_TASK = "trainyard.infer"
+
+
+def inference_queue(default_queue: str) -> str:
+    """The inference worker's queue: "{QUEUE}-inference"."""
+    return f"{default_queue}-inference"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -3,7 +3,6 @@ visible to its owner (and admins)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from shared.schemas import DatasetPublic, first_unprintable
 from shared.state.keys import RedisKeys
 from shared.storage import ArtifactStore, DatasetKeys
 from shared.uploads import DatasetError, Limits, ParsedDataset, parse_upload, to_npz_bytes
+from shared.uploads.slots import ParseSlots
 from shared.zoo import BUILTIN_DATASETS, DatasetInfo, upload_split
 
 
@@ -67,7 +67,12 @@ class DatasetCatalog:
         )
         # At most this many uploads read and parsed at a time in this process: each may hold
         # its body and ~2x the decoded budget (pixels, encoded npz).
-        self._upload_slots = asyncio.Semaphore(self.settings.UPLOAD_PARSE_CONCURRENCY)
+        self._upload_slots = ParseSlots(
+            self.settings.UPLOAD_PARSE_CONCURRENCY,
+            self.settings.UPLOAD_PARSE_WAIT_S,
+            "uploads",
+            "TRAINYARD_UPLOAD_PARSE_CONCURRENCY",
+        )
         self._reserve = redis.register_script(_RESERVE)
         self._owner_index_ready = False
 
@@ -144,25 +149,12 @@ class DatasetCatalog:
 
     @asynccontextmanager
     async def upload_slot(self) -> AsyncIterator[None]:
-        """Hold one of this process's UPLOAD_PARSE_CONCURRENCY upload slots, from before the
-        body is read until the upload is stored, so uploads in flight hold at most that many
-        bodies; DatasetError(503, retry_after_s=5) when none frees up within
+        """Hold one of this process's UPLOAD_PARSE_CONCURRENCY upload slots (ParseSlots), from
+        before the body is read until the upload is stored, so uploads in flight hold at most
+        that many bodies; DatasetError(503, retry_after_s=5) when none frees up within
         UPLOAD_PARSE_WAIT_S (nothing of the body is read then)."""
-        try:
-            await asyncio.wait_for(
-                self._upload_slots.acquire(), timeout=self.settings.UPLOAD_PARSE_WAIT_S
-            )
-        except TimeoutError:
-            raise DatasetError(
-                503,
-                f"{self.settings.UPLOAD_PARSE_CONCURRENCY} uploads are being read and parsed "
-                "already (TRAINYARD_UPLOAD_PARSE_CONCURRENCY); retry in a few seconds",
-                retry_after_s=5,
-            ) from None
-        try:
+        async with self._upload_slots.hold():
             yield
-        finally:
-            self._upload_slots.release()
 
     def add(self, parsed: ParsedDataset, owner: str, name: str | None = None) -> DatasetPublic:
         """Store a validated upload and return its record. DatasetError (413/429 with the

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     PLAN_PROBES_PER_MINUTE: int = Field(
         20, ge=1, description="New probes one owner may cause per minute (429 past it)"
     )
-    WORKER_ROLE: Literal["trainer", "planner"] = "trainer"
+    WORKER_ROLE: Literal["trainer", "planner", "inference"] = "trainer"
     WORKER_MEMORY_CLASS: str | None = None
     # Test-only: lets tests inject crashes and OOMs into a job (never enable in production).
     FAULT_INJECTION: bool = False
@@ -134,6 +134,42 @@ class Settings(BaseSettings):
     )
     WORKER_DATASET_CACHE_BYTES: int = Field(
         2 * 2**30, ge=0, description="Decoded data sets a worker keeps in memory (LRU), bytes"
+    )
+
+    # Inference (README, "Using a trained model"): samples and predictions are answered by the
+    # inference worker (WORKER_ROLE=inference, queue "{QUEUE}-inference"), never by a trainer.
+    INFERENCE_WAIT_S: float = Field(
+        5.0, ge=0, description="How long a samples/predict request waits before a 202 to poll"
+    )
+    INFERENCE_RESULT_TTL_S: int = Field(
+        600, ge=10, description="How long a request's answer (and its input) is kept in Redis"
+    )
+    INFERENCE_CACHE_BYTES: int = Field(
+        512 * 2**20, ge=0, description="Models the inference worker keeps loaded (LRU), bytes"
+    )
+    INFERENCE_MAX_IMAGES: int = Field(
+        1024, ge=1, le=1024, description="Images in one samples request or predict batch"
+    )
+    PREDICT_MAX_BYTES: int = Field(
+        32 * 2**20, ge=1024, description="Largest predict request body (413 past it)"
+    )
+    PREDICT_DECODED_MAX_BYTES: int = Field(
+        64 * 2**20,
+        ge=1,
+        description="Largest decoded size of one predict input (N x C x H x W bytes, read from "
+        "the .npy or image header before decoding; 413 past it): what it may hold in Redis",
+    )
+    PREDICT_PARSE_CONCURRENCY: int = Field(
+        4,
+        ge=1,
+        description="Predict bodies read and decoded at once per API process; one more waits "
+        "UPLOAD_PARSE_WAIT_S for a slot, then is a 503 with Retry-After",
+    )
+    INFERENCE_TIMEOUT_S: float = Field(
+        120.0,
+        gt=0,
+        description="A samples/predict request no inference worker has answered this long "
+        "after it was queued is a 504 (on the request's wait and on its poll URL)",
     )
 
     # GAN sample quality and training health (docs/quality.md).
@@ -186,6 +222,12 @@ class Settings(BaseSettings):
             raise ValueError("TRAINYARD_S3_SECRET_KEY must be set outside local development")
         if self.ENVIRONMENT == "production" and self.FAULT_INJECTION:
             raise ValueError("TRAINYARD_FAULT_INJECTION is for tests, never production")
+        if self.INFERENCE_TIMEOUT_S >= self.INFERENCE_RESULT_TTL_S:
+            raise ValueError(
+                f"TRAINYARD_INFERENCE_TIMEOUT_S ({self.INFERENCE_TIMEOUT_S:g}) must be below "
+                f"TRAINYARD_INFERENCE_RESULT_TTL_S ({self.INFERENCE_RESULT_TTL_S}): a request "
+                "would expire (404) before it could time out (504)"
+            )
         return self
 
 

@@ -195,7 +195,8 @@ class GanSpec(_TrainSpec):
     )
 
     # DCGAN's lr; conv_gan and conv_cgan take 2e-3 (shared/zoo.py fast_lr, bench/RESULTS.md:
-    # mnist-5k's 1,890 steps are too few for 2e-4). The EMA generator is recipes.FAST_TRICKS.
+    # mnist-5k's 1,890 steps are too few for 2e-4). The EMA generator and conv_gan's
+    # self-conditioning are recipes.FAST_TRICKS.
     FAST_DEFAULTS: ClassVar[dict[str, Any]] = {"batch_size": 64, "lr": 2e-4, "epochs": 30}
 
     @model_validator(mode="after")
@@ -412,6 +413,112 @@ class ArtifactPublic(BaseModel):
 class ArtifactsPublic(BaseModel):
     data: list[ArtifactPublic]
     count: int
+
+
+# --- Inference: samples from a trained GAN, predictions of a trained classifier.
+
+INFERENCE_MAX_IMAGES = 1024  # n of a samples request, images in one predict batch
+# A checkpoint to use: "final" (final/model.pt), "best" (final/best.pt) or a step whose
+# checkpoint is kept (checkpoints/step-N.pt). As a query parameter: the same, the step as digits.
+CheckpointName = Literal["best", "final"]
+Checkpoint = CheckpointName | Annotated[int, Field(strict=True, ge=0, le=10**12 - 1)]
+CHECKPOINT_PATTERN = r"^(best|final|[0-9]{1,12})$"
+
+
+class SampleRequest(BaseModel):
+    """POST /v1/jobs/{id}/samples: images from a trained GAN (`gan` or `cgan` job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(64, strict=True, ge=1, le=INFERENCE_MAX_IMAGES, description="Images to draw")
+    labels: list[Annotated[int, Field(strict=True, ge=0)]] | None = Field(
+        None,
+        max_length=INFERENCE_MAX_IMAGES,
+        description="cGAN only: one label for every image, or exactly n; each in "
+        "[0, num_classes). Not given on a cGAN: the labels cycle 0..K-1",
+    )
+    seed: int = Field(0, strict=True, ge=0, le=2**63 - 1, description="Same seed, same images")
+    checkpoint: Checkpoint = Field(
+        "final", description='"final", "best" or a step with a kept checkpoint'
+    )
+
+    @model_validator(mode="after")
+    def _labels_fit_n(self) -> Self:
+        if self.labels is not None and len(self.labels) not in (1, self.n):
+            raise _field_error(
+                "labels",
+                f"{len(self.labels)} labels for n={self.n} images; give one label for all, "
+                "or exactly n",
+            )
+        return self
+
+    def label_list(self, num_classes: int) -> list[int] | None:
+        """The label of each image: None for an unconditional GAN (num_classes 0), the
+        labels given (one repeated n times), or 0..K-1 cycling when none were given."""
+        if not num_classes:
+            return None
+        if self.labels is None:
+            return [i % num_classes for i in range(self.n)]
+        return self.labels * self.n if len(self.labels) == 1 else list(self.labels)
+
+
+class ArtifactLink(BaseModel):
+    """An object the request stored among the job's artifacts."""
+
+    key: str = Field(description="The object key")
+    path: str = Field(description="Relative to the job: GET /v1/jobs/{id}/artifacts/{path}")
+    url: str = Field(description="Presigned GET URL, valid PRESIGN_EXPIRY_S")
+
+
+class ImagesLink(ArtifactLink):
+    """The .npz of the samples: `images` (uint8, N x C x H x W) and `labels` (int64, N; -1
+    for an unconditional GAN)."""
+
+    shape: Annotated[
+        tuple[int, int, int, int], _fixed_array(4, {"type": "integer", "minimum": 1})
+    ] = Field(description="[N, C, H, W]")
+    dtype: Literal["uint8"] = "uint8"
+
+
+class SamplesPublic(BaseModel):
+    """The answer to a samples request: the grid and the images, stored under
+    samples-on-demand/ with names derived from the request (the same request, the same keys
+    and bytes)."""
+
+    job_id: str
+    checkpoint: Checkpoint = Field(description="As asked")
+    step: int = Field(description="The training step of the weights used")
+    seed: int
+    n: int
+    labels: list[int] | None = Field(
+        description="The label of each image (cGAN), null for an unconditional GAN"
+    )
+    grid: ArtifactLink = Field(description="A PNG grid of the images, 8 per row")
+    images: ImagesLink
+
+
+class PredictionsPublic(BaseModel):
+    """The answer to a predict request, one row per image in the order given. The book's
+    classifiers end in a Sigmoid (one independent score per class), so `probabilities` are
+    those scores normalised to sum 1 over the data set's classes."""
+
+    job_id: str
+    checkpoint: Checkpoint = Field(description="As asked")
+    step: int = Field(description="The training step of the weights used")
+    classes: list[str] = Field(description="The data set's class names, index order")
+    probabilities: list[list[float]] = Field(description="N x K, each row sums to 1")
+    predicted: list[int] = Field(description="The most probable class of each image")
+    predicted_class: list[str]
+
+
+class InferencePending(BaseModel):
+    """202: the inference worker has not answered within INFERENCE_WAIT_S; poll `poll` (also
+    the Location header) until it answers 200 (the body the request would have given) or an
+    error."""
+
+    request_id: str
+    status: Literal["pending"] = "pending"
+    poll: str = Field(description="/v1/inference/{request_id}")
 
 
 # --- Results a worker writes next to the artifacts.

@@ -70,6 +70,10 @@ class JobKeys:
         """Evaluation reports beside the summary: confusion.json, confusion.png."""
         return f"{self.prefix}{name}"
 
+    def on_demand(self, name: str) -> str:
+        """Samples drawn on request (POST /v1/jobs/{id}/samples): <name>.png and <name>.npz."""
+        return f"{self.prefix}samples-on-demand/{name}"
+
 
 @dataclass(frozen=True)
 class DatasetKeys:
@@ -282,6 +286,20 @@ class S3ArtifactStore(ArtifactStore):
 
         size = int(response.headers.get("Content-Length", 0))
         return chunks(), size, response.headers.get("Content-Type", "application/octet-stream")
+
+    def exists(self, key: str) -> bool:
+        """A HEAD of the object: nothing of its bytes is read."""
+
+        def head() -> bool:
+            try:
+                self.client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return False
+                raise
+            return True
+
+        return self._retrying(f"HEAD {key}", head)
 
     def url(self, key: str, expires: timedelta) -> str:
         return self.presign_client.presigned_get_object(self.bucket, key, expires=expires)

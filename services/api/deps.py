@@ -22,9 +22,11 @@ from shared.logs import current_job
 from shared.schemas import UPLOADED_DATASET
 from shared.state.events import EventStream
 from shared.state.heartbeats import WorkerRegistry
+from shared.state.inference import InferenceRequests
 from shared.state.jobs import JobRegistry
 from shared.state.records import JOB_ID
 from shared.storage import ArtifactStore
+from shared.uploads.slots import ParseSlots
 
 bearer = HTTPBearer(auto_error=False, description="An owner's API token")
 
@@ -42,6 +44,8 @@ class Services:
     catalog: DatasetCatalog
     celery: Celery
     planner: ApiPlanner
+    inference: InferenceRequests
+    predict_slots: ParseSlots  # PREDICT_PARSE_CONCURRENCY (services/api/inference.py)
 
 
 def services(request: Request) -> Services:

@@ -32,6 +32,7 @@ CODES = {
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
+    504: "timeout",
 }
 
 # Documented on every route: the shape above, for any client or server error.

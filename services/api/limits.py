@@ -58,7 +58,8 @@ class BodyTooLarge(ApiProblem):
 
 class RequestGuard:
     """Pure ASGI middleware; see the module docstring. `rules` maps (method, path) to the
-    route's `BodyRule`; every other request with a body takes `default` (JSON)."""
+    route's `BodyRule` (a path segment `*` matches any one segment); every other request with
+    a body takes `default` (JSON)."""
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class RequestGuard:
                 headers={"WWW-Authenticate": "Bearer"},
             )
             return
-        rule = self.rules.get((method, path.rstrip("/")), self.default)
+        rule = self._rule(method, path.rstrip("/"))
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         # A method no route has on this path is the router's 404/405 (with Allow), answered
         # without reading the body, which stays capped at the default limit meanwhile.
@@ -158,6 +159,24 @@ class RequestGuard:
         except BodyTooLarge as exc:  # when the app's own error handler did not answer it
             if not started:
                 await self._refuse(scope, send, 413, str(exc.detail))
+
+    def _rule(self, method: str, path: str) -> BodyRule:
+        """The rule of (method, path): an exact key, else a key whose path has `*` segments
+        (each matches one segment: "/v1/jobs/*/predict"), else the default."""
+        found = self.rules.get((method, path))
+        if found is not None:
+            return found
+        parts = path.split("/")
+        for (rule_method, pattern), rule in self.rules.items():
+            wanted = pattern.split("/")
+            if (
+                rule_method == method
+                and len(wanted) == len(parts)
+                and "*" in wanted
+                and all(w == p or (w == "*" and p) for w, p in zip(wanted, parts, strict=True))
+            ):
+                return rule
+        return self.default
 
     def _principal(self, authorization: bytes | None) -> Principal | None:
         """As `deps.get_principal` reads it: `Bearer <token>`, the scheme in any case."""

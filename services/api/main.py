@@ -9,11 +9,12 @@ from fastapi import FastAPI
 
 from services.api import errors, openapi
 from services.api.deps import Services
+from services.api.inference import predict_slots
 from services.api.limits import JSON, MULTIPART, BodyRule, RequestGuard
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.planner import ApiPlanner
 from services.api.reconciler import Reconciler
-from services.api.routes import datasets, health, jobs, ui
+from services.api.routes import datasets, health, inference, jobs, ui
 from services.api.routes import workers as worker_routes
 from shared.auth import TokenTable
 from shared.broker import BrokerQueues, make_celery
@@ -22,6 +23,7 @@ from shared.config import Settings, connect_async_redis, connect_redis, get_sett
 from shared.logs import setup_json_logging
 from shared.state.events import EventStream
 from shared.state.heartbeats import WorkerRegistry
+from shared.state.inference import InferenceRequests
 from shared.state.jobs import JobRegistry
 from shared.state.plans import PlanCache
 from shared.storage import S3ArtifactStore
@@ -51,6 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalog=DatasetCatalog(redis, store, settings.KEY_PREFIX, settings),
             celery=celery,
             planner=ApiPlanner(registry, plans, celery, settings, workers),
+            inference=InferenceRequests(
+                redis, settings.KEY_PREFIX, settings.INFERENCE_RESULT_TTL_S, aredis
+            ),
+            predict_slots=predict_slots(settings),
         )
         broker = BrokerQueues(redis)
         collector = JobsCollector(registry, workers, broker, settings)
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(inference.router)
     app.include_router(datasets.router)
     app.include_router(worker_routes.router)
     ui.mount(app)  # the dashboard at "/", after the API routes; not in the OpenAPI schema
@@ -83,7 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestGuard,
         tokens=tokens,
         default=BodyRule(JSON, settings.JSON_BODY_MAX_BYTES),
-        rules={("POST", "/v1/datasets"): BodyRule(MULTIPART, settings.UPLOAD_MAX_BYTES)},
+        rules={
+            ("POST", "/v1/datasets"): BodyRule(MULTIPART, settings.UPLOAD_MAX_BYTES),
+            ("POST", "/v1/jobs/*/predict"): BodyRule(MULTIPART, settings.PREDICT_MAX_BYTES),
+        },
     )
     app.add_middleware(TimingMiddleware)
     return app

@@ -40,6 +40,24 @@ JOBS_SUBMITTED = Counter(
     "trainyard_api_jobs_submitted", "Jobs accepted by this API process", ["task"], registry=REGISTRY
 )
 
+# Samples and predict requests (services/api/inference.py), by outcome: answered (200 within
+# INFERENCE_WAIT_S), pending (202), refused (4xx; 503 no parse slot), timed_out (504: no
+# inference worker answered within INFERENCE_TIMEOUT_S), failed (other 5xx).
+INFERENCE_REQUESTS = Counter(
+    "trainyard_inference_requests",
+    "Samples and predict requests, by kind and outcome",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+INFERENCE_SECONDS = Histogram(
+    "trainyard_inference_answer_seconds",
+    "From a samples or predict request to the inference worker's answer, when it came within "
+    "INFERENCE_WAIT_S",
+    ["kind"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 
 class JobsCollector(Collector):
     def __init__(

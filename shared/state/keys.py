@@ -11,7 +11,8 @@ from typing import Any
 
 class RedisKeys:
     """Key names. Job data: job, events, control, lease, fence, lease_log, the indexes.
-    Worker data: workers, worker_*. Planner: plan_*. Data sets: datasets, owner_datasets."""
+    Worker data: workers, worker_*. Planner: plan_*. Inference: infer*. Data sets: datasets,
+    owner_datasets."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -128,6 +129,19 @@ class RedisKeys:
     def plan_rate(self, owner: str) -> str:
         """Counter: an owner's probe requests this minute."""
         return f"{self.prefix}:plan:rate:{owner}"
+
+    # --- inference requests (shared/state/inference.py)
+
+    def inference(self, request_id: str) -> str:
+        """HASH: one inference request: owner, job, kind, params (JSON), its answer once
+        given; expires INFERENCE_RESULT_TTL_S after it was made."""
+        return f"{self.prefix}:infer:{request_id}"
+
+    def inference_input(self, request_id: str) -> str:
+        """STRING: a predict request's images (raw uint8 N x C x H x W bytes), until the
+        request is answered (by the inference worker, or the API's 504) or they expire
+        (INFERENCE_RESULT_TTL_S)."""
+        return f"{self.prefix}:infer:{request_id}:input"
 
     # --- data sets
 

@@ -35,7 +35,7 @@ from shared.uploads.core import (
     _short,
 )
 
-__all__ = ["parse_zip"]
+__all__ = ["parse_zip", "read_image"]
 
 # Pillow can open dozens of formats, some through external tools (EPS runs Ghostscript);
 # uploads only need the common raster ones.
@@ -312,3 +312,34 @@ def parse_zip(
     Images are stored as a viewer shows them (see _viewed_pixels); `name_encoding` is the code
     page of entry names stored without the UTF-8 flag."""
     return _parse_zip("zip", data, limits, name_encoding)
+
+
+def read_image(
+    name: str, data: bytes, channels: int, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """One PNG or JPEG (a predict request's image) as uint8 (H, W, channels), normalised as a
+    zip upload's images are (_viewed_pixels: EXIF orientation, transparency over white,
+    16-bit grey scaled). Its size is read from the header and checked against `limits`
+    before any pixel is decoded. DatasetError (400 unreadable, 422 too large or not 8/16-bit)
+    names `name`."""
+    _check_upload_size(name, len(data), limits)
+    Image.init()
+    try:
+        img = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(422, f"{name} is too large an image ({exc})") from exc
+    except (UnidentifiedImageError, *_PIL_ERRORS) as exc:
+        raise DatasetError(400, f"{name} is not a readable image; expected PNG or JPEG") from exc
+    with img:
+        try:
+            mode, (w, h) = img.mode, _viewed_size(img)
+        except _PIL_ERRORS as exc:
+            raise DatasetError(400, f"{name} has unreadable metadata ({exc})") from exc
+        if mode == "F":
+            raise DatasetError(422, f"{name} has floating-point pixels; expected 8- or 16-bit")
+        _check_shape(name, (1, h, w, channels), limits)
+        try:
+            pixels = _viewed_pixels(name, img, channels)
+        except _PIL_ERRORS as exc:
+            raise DatasetError(400, f"{name} cannot be decoded ({exc})") from exc
+    return pixels

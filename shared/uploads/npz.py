@@ -29,13 +29,16 @@ from shared.uploads.core import (
     _check_upload_size,
 )
 
-__all__ = ["from_npz_bytes", "parse_npz", "to_npz_bytes"]
+__all__ = ["from_npz_bytes", "parse_npz", "read_npz_images", "to_npz_bytes"]
 
 _NPZ_KEYS = ("x", "y", "classes")
 
 
-def _check_npz_members(name: str, data: bytes, limits: Limits) -> None:
-    """Bound the npz before np.load: it allocates whatever shape an .npy header claims."""
+def _check_npz_members(
+    name: str, data: bytes, limits: Limits, keys: tuple[str, ...] | None = _NPZ_KEYS
+) -> None:
+    """Bound the npz before np.load: it allocates whatever shape an .npy header claims.
+    Members named in `keys` (every member when None) are the ones that will be loaded."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except _ZIP_OPEN_ERRORS as exc:
@@ -51,7 +54,7 @@ def _check_npz_members(name: str, data: bytes, limits: Limits) -> None:
         # (a member's declared file size may be smaller than its header claims).
         declared = 0
         for info in infos:
-            if info.filename.removesuffix(".npy") in _NPZ_KEYS:
+            if keys is None or info.filename.removesuffix(".npy") in keys:
                 declared += _check_npy_header(name, archive, info, limits)
                 _check_decoded_size(name, "its arrays take", declared, limits)
 
@@ -204,3 +207,30 @@ def to_npz_bytes(ds: ParsedDataset) -> bytes:
 def from_npz_bytes(data: bytes) -> ParsedDataset:
     """Inverse of to_npz_bytes; the result's format is "npz"."""
     return _parse_npz("stored npz", data, _NO_LIMITS)
+
+
+def read_npz_images(name: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """The one array of an .npz holding a batch of images (a predict request), as stored:
+    every member's .npy header is checked against `limits` before np.load allocates it, and
+    pickled arrays are refused. DatasetError (400 not an npz, 413 over the limits, 422 not
+    exactly one array) names `name`; the shape and dtype are the caller's to check."""
+    _check_upload_size(name, len(data), limits)
+    _check_npz_members(name, data, limits, keys=None)
+    try:
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+    except _ZIP_READ_ERRORS as exc:
+        raise DatasetError(400, f"{name}: not a loadable .npz archive ({exc})") from exc
+    with npz:
+        if len(npz.files) != 1:
+            raise DatasetError(
+                422, f"{name}: holds {len(npz.files)} arrays; expected exactly one (the images)"
+            )
+        try:
+            value = npz[npz.files[0]]
+        except _ZIP_READ_ERRORS as exc:
+            raise DatasetError(
+                400, f"{name}: cannot load its array ({exc}); expected a plain numpy array"
+            ) from exc
+    if not isinstance(value, np.ndarray):
+        raise DatasetError(400, f"{name}: its member is not an .npy array")
+    return value

@@ -31,7 +31,7 @@ from workers.trainer.identity import node_name
 log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
-app.conf.include = ["workers.trainer.tasks"]
+app.conf.include = ["workers.trainer.tasks", "workers.inference.tasks"]
 
 
 @setup_logging.connect
