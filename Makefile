@@ -82,6 +82,7 @@ bench: install
 	$(PY) -m bench.scale
 	-$(PY) -m bench.gan_quality --only baseline,final  # exits 1 while a target is missed
 	$(PY) -m bench.quality_cost
+	$(PY) -m bench.inference
 	-$(PY) -m bench.gpu_speed
 	-$(PY) -m bench.gpu_memory_check
 

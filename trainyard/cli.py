@@ -250,6 +250,79 @@ def cmd_datasets(api: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(api: Client, args: argparse.Namespace) -> int:
+    """Draw images from a trained GAN: the grid PNG to -o, the array to --npz, the stored
+    objects' keys and presigned URLs printed."""
+    labels = args.label or None
+    samples = api.sample(
+        args.job_id,
+        n=args.n,
+        labels=labels,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        wait_s=args.wait,
+    )
+    saved = []
+    if args.output:
+        saved.append(
+            api.fetch_artifact(samples.job_id, samples.grid, args.output, args.through_api)
+        )
+    if args.npz:
+        saved.append(api.fetch_artifact(samples.job_id, samples.images, args.npz, args.through_api))
+    n, c, h, w = samples.images.shape
+    which = f"{samples.checkpoint} (step {samples.step})"
+    label_note = f", labels {_labels(samples.labels)}" if samples.labels is not None else ""
+    out.print(
+        f"{n} samples {c}x{h}x{w} from {samples.job_id} at {which}, seed {samples.seed}"
+        f"{label_note}",
+        highlight=False,
+    )
+    # Whole lines, never cut to the terminal's width: the keys and URLs are to be copied.
+    for name, link in (("grid", samples.grid), ("npz", samples.images)):
+        out.print(f"  {name:<5} {link.key}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"        {link.url}", markup=False, highlight=False, soft_wrap=True)
+    for path in saved:
+        out.print(f"saved {path}", markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_predict(api: Client, args: argparse.Namespace) -> int:
+    """Classify image files (PNG, JPEG) or .npz batches: one table row per image with the
+    predicted class and the top 3 probabilities."""
+    table = Table("file", "predicted", "top 3 probabilities")
+    for name in args.files:
+        answer = api.predict(args.job_id, name, checkpoint=args.checkpoint, wait_s=args.wait)
+        many = len(answer.predicted) > 1
+        for i, (row, label) in enumerate(
+            zip(answer.probabilities, answer.predicted_class, strict=True)
+        ):
+            top = sorted(range(len(row)), key=lambda k: row[k], reverse=True)[:3]
+            table.add_row(
+                escape(f"{name}[{i}]" if many else str(name)),
+                f"[bold]{escape(label)}[/bold]",
+                "  ".join(f"{escape(answer.classes[k])} {row[k]:.3f}" for k in top),
+            )
+    out.print(table)
+    return 0
+
+
+def _checkpoint(value: str) -> str | int:
+    """--checkpoint: best, final, or a step number."""
+    if value in ("best", "final"):
+        return value
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError("best, final or a step number")
+
+
+def _labels(labels: list[int]) -> str:
+    """A label list in few words: `3 x64`, or the list when it varies."""
+    if labels and all(label == labels[0] for label in labels):
+        return f"{labels[0]} x{len(labels)}"
+    shown = ",".join(map(str, labels[:20]))
+    return shown + ("..." if len(labels) > 20 else "")
+
+
 def _status(job: JobPublic) -> str:
     colour = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
     planning = " (being planned)" if job.being_planned else ""
@@ -369,6 +442,38 @@ def parser() -> argparse.ArgumentParser:
         help="stream through the API instead of presigned object-storage URLs",
     )
     a.set_defaults(run=cmd_artifacts)
+
+    sm = sub.add_parser("sample", help="draw images from a trained GAN (grid PNG, .npz)")
+    sm.add_argument("job_id")
+    sm.add_argument("-n", type=int, default=64, help="images to draw (at most 1,024)")
+    sm.add_argument(
+        "--label",
+        type=int,
+        action="append",
+        help="cGAN: the label of every image; repeat it n times for one per image "
+        "(default: labels cycle 0..K-1)",
+    )
+    sm.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
+    sm.add_argument("-o", "--output", metavar="PNG", help="save the grid here")
+    sm.add_argument("--npz", metavar="FILE", help="save the images (uint8 NxCxHxW) here")
+    pr = sub.add_parser("predict", help="classify images with a trained classifier")
+    pr.add_argument("job_id")
+    pr.add_argument("files", nargs="+", help="PNG or JPEG images, or .npz batches")
+    for c in (sm, pr):
+        c.add_argument(
+            "--checkpoint",
+            type=_checkpoint,
+            default="final",
+            help="final (default), best, or a step with a kept checkpoint",
+        )
+        c.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the answer")
+    sm.add_argument(
+        "--through-api",
+        action="store_true",
+        help="fetch the files through the API instead of presigned object-storage URLs",
+    )
+    sm.set_defaults(run=cmd_sample)
+    pr.set_defaults(run=cmd_predict)
 
     d = sub.add_parser("datasets", help="upload or list data sets")
     dsub = d.add_subparsers(dest="action", required=True)

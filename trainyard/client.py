@@ -8,30 +8,40 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import httpx
 from httpx_sse import connect_sse
 from pydantic import BaseModel
 
 from shared.schemas import (
+    ArtifactLink,
     ArtifactPublic,
     ArtifactsPublic,
     DatasetPublic,
     DatasetsPublic,
+    InferencePending,
     JobEvent,
     JobEventsPublic,
     JobPublic,
     JobSpec,
     JobsPublic,
+    PredictionsPublic,
     Readiness,
+    SamplesPublic,
 )
 
 # The local stack's addresses and token, written by `make up` (devstack), read from the cwd.
 STACK_ENV = Path(".trainyard/stack.env")
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+# How long sample() and predict() follow a 202 (the inference worker is busy or loading a
+# model) by polling before TimeoutError.
+INFERENCE_WAIT_S = 120.0
+Answer = TypeVar("Answer", bound=BaseModel)
+# A checkpoint of a finished job: "final" (final/model.pt), "best" (final/best.pt) or a step.
+CheckpointRef = Literal["best", "final"] | int
 
 
 def api_defaults(stack_env: Path = STACK_ENV) -> tuple[str, str | None]:
@@ -201,21 +211,118 @@ class Client:
     def download(self, job_id: str, dest: str | Path, through_api: bool = False) -> list[Path]:
         """Fetch every artifact into `dest`: from object storage by presigned URL, or streamed
         through the API (`through_api`) when storage is not reachable from here."""
-        saved = []
-        for artifact in self.artifacts(job_id):
-            path = Path(dest) / artifact.path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if through_api:
-                stream = self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{artifact.path}")
-            else:
-                stream = httpx.stream("GET", artifact.url, timeout=60)
-            with stream as response:
-                _raise_for(response)
-                with path.open("wb") as f:
-                    for chunk in response.iter_bytes():
-                        f.write(chunk)
-            saved.append(path)
-        return saved
+        return [
+            self._fetch(
+                job_id, artifact.path, artifact.url, Path(dest) / artifact.path, through_api
+            )
+            for artifact in self.artifacts(job_id)
+        ]
+
+    # --- inference: samples from a trained GAN, predictions of a trained classifier
+
+    def sample(
+        self,
+        job_id: str,
+        n: int = 64,
+        labels: int | Sequence[int] | None = None,
+        seed: int = 0,
+        checkpoint: CheckpointRef = "final",
+        wait_s: float = INFERENCE_WAIT_S,
+        out: str | Path | None = None,
+    ) -> SamplesPublic:
+        """Draw `n` images from a succeeded GAN job's generator (POST /v1/jobs/{id}/samples).
+        `labels` (cGANs): one label for every image, or exactly n; none cycles 0..K-1. The
+        same request gives the same images (`seed`). The grid PNG and the .npz (`images`
+        uint8 N x C x H x W, `labels`) are stored among the job's artifacts under
+        samples-on-demand/; with `out`, both are also downloaded into that folder
+        (download_samples). A 202 (the inference worker is busy) is polled for up to
+        `wait_s` seconds, then TimeoutError."""
+        body: dict[str, Any] = {"n": n, "seed": seed, "checkpoint": checkpoint}
+        if labels is not None:
+            body["labels"] = [labels] if isinstance(labels, int) else list(labels)
+        samples = self._inference(
+            SamplesPublic, wait_s, "POST", f"/v1/jobs/{job_id}/samples", json=body
+        )
+        if out is not None:
+            self.download_samples(samples, out)
+        return samples
+
+    def predict(
+        self,
+        job_id: str,
+        image: str | Path | bytes,
+        checkpoint: CheckpointRef = "final",
+        wait_s: float = INFERENCE_WAIT_S,
+    ) -> PredictionsPublic:
+        """Classify images with a succeeded classifier job (POST /v1/jobs/{id}/predict):
+        `image` is a PNG or JPEG (a path or its bytes; normalised as uploads are, resized to
+        the data set's size), or an .npz holding one uint8 array of up to 1,024 images
+        (N x C x H x W or N x H x W) of the data set's shape. One row of class probabilities
+        per image. A 202 is polled for up to `wait_s` seconds, then TimeoutError."""
+        if isinstance(image, bytes):
+            data, name = image, _upload_name(image)
+        else:
+            data, name = Path(image).read_bytes(), Path(image).name
+        files = {"file": (name, data, _media_type(data))}
+        return self._inference(
+            PredictionsPublic,
+            wait_s,
+            "POST",
+            f"/v1/jobs/{job_id}/predict",
+            files=files,
+            params={"checkpoint": str(checkpoint)},
+        )
+
+    def download_samples(
+        self, samples: SamplesPublic, dest: str | Path, through_api: bool = False
+    ) -> list[Path]:
+        """Save a samples answer's grid PNG and .npz into `dest` under their artifact paths
+        (samples-on-demand/<name>.png, .npz): by presigned URL, or `through_api`."""
+        return [
+            self.fetch_artifact(samples.job_id, link, Path(dest) / link.path, through_api)
+            for link in (samples.grid, samples.images)
+        ]
+
+    def fetch_artifact(
+        self, job_id: str, link: ArtifactLink, path: str | Path, through_api: bool = False
+    ) -> Path:
+        """Save one stored object of a samples answer (`grid`, `images`) as the file `path`."""
+        return self._fetch(job_id, link.path, link.url, Path(path), through_api)
+
+    def _fetch(self, job_id: str, artifact: str, url: str, path: Path, through_api: bool) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if through_api:
+            stream = self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{artifact}")
+        else:
+            stream = httpx.stream("GET", url, timeout=60)
+        with stream as response:
+            _raise_for(response)
+            with path.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+        return path
+
+    def _inference(
+        self, model: type[Answer], wait_s: float, method: str, path: str, **kwargs: Any
+    ) -> Answer:
+        """Call an inference route; follow a 202 by polling its `poll` URL until the answer
+        (or its error, raised as ApiError) or until `wait_s` has passed (TimeoutError)."""
+        deadline = time.monotonic() + wait_s
+        response = self.http.request(method, path, **kwargs)
+        delay = 0.05
+        while True:
+            _raise_for(response)
+            if response.status_code != 202:
+                return model.model_validate(response.json())
+            pending = InferencePending.model_validate(response.json())
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(
+                    f"inference request {pending.request_id} still pending after {wait_s:g}s "
+                    f"(poll {pending.poll})"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            response = self.http.get(pending.poll)
 
     # --- data sets
 
@@ -237,6 +344,21 @@ class Client:
 
     def ready(self) -> Readiness:
         return Readiness.model_validate(self.http.get("/readyz").json())
+
+
+def _media_type(data: bytes) -> str:
+    """What the bytes are by their magic number: PNG, JPEG, else octet-stream (an .npz)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
+def _upload_name(data: bytes) -> str:
+    """A file name for bytes given without one, by their magic number."""
+    kind = _media_type(data)
+    return {"image/png": "image.png", "image/jpeg": "image.jpg"}.get(kind, "images.npz")
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -5,6 +5,7 @@ cancelling. Every wait polls the page (expect / wait_for_function); none is a fi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect
+from PIL import Image
+from playwright.sync_api import FilePayload, Page, Route, expect
 
 from devstack.stack import Stack
 from tests.e2e.browser import (
@@ -30,8 +32,10 @@ from tests.e2e.browser import (
 )
 from tests.e2e.conftest import SMALL_GAN
 from trainyard.client import Client
+from workers.trainer.data import load_dataset
 
 DOCS_SHOT_MAX_BYTES = 150_000
+SHAPE = "1\N{MULTIPLICATION SIGN}28\N{MULTIPLICATION SIGN}28"  # an MNIST image, as shown
 # Every GAN here is scored with the data set's reference classifier: trained once, up front.
 pytestmark = pytest.mark.usefixtures("reference_classifier")
 
@@ -408,6 +412,196 @@ def test_the_cancel_button_stops_a_job(
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
     shot(page, "16-cancelled")
     assert client.get(job.id).status == "cancelled"
+
+
+def test_the_sample_button_shows_a_grid_of_a_finished_gan(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str], http: httpx.Client
+) -> None:
+    job_id, _ = finished_gans
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    card = page.locator("#use-card")
+    expect(card).to_be_visible()
+    expect(page.locator("#use-predict")).to_be_hidden()  # a GAN: no image drop
+    expect(page.locator("#use-label-field")).to_be_hidden()  # unconditional: no labels
+    form = page.locator("#use-sample-form")
+    form.get_by_label("images").fill("16")
+    form.get_by_label("seed").fill("5")
+    form.get_by_role("button", name="Sample").click()
+    grid = page.locator("#use-grid")
+    expect(grid).to_have_attribute("data-n", "16")
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=grid.element_handle(), timeout=10_000
+    )
+    expect(page.locator("#use-grid-caption")).to_have_text(
+        f"16 samples of {SHAPE} · checkpoint final (step 60) · seed 5"
+    )
+    shot(page, "22-sample-on-demand")
+    shown = image_digests(grid)
+    assert (shown["width"], shown["height"]) == (8 * 30 + 2, 2 * 30 + 2)  # 8 per row
+    # What the page shows is the stored grid, byte for byte, and its .npz is listed beside it.
+    key = grid.get_attribute("data-key") or ""
+    assert key.startswith(f"jobs/{job_id}/samples-on-demand/") and key.endswith(".png")
+    png = http.get(f"/v1/jobs/{job_id}/artifacts/{key.removeprefix(f'jobs/{job_id}/')}")
+    assert hashlib.sha256(png.content).hexdigest() == shown["bytes"]
+    files = page.locator("#use-sample-files li")
+    expect(files).to_have_count(2)
+    expect(files.nth(1)).to_contain_text(".npz")
+
+    # The best checkpoint: another step's weights, said in the caption.
+    best = http.get(f"/v1/jobs/{job_id}").json()["result"]["best"]
+    form.get_by_label("checkpoint").select_option("best")
+    form.get_by_role("button", name="Sample").click()
+    expect(page.locator("#use-grid-caption")).to_have_text(
+        f"16 samples of {SHAPE} · checkpoint best (step {best['step']}) · seed 5"
+    )
+    # A refused request: the API's message, the field it names marked.
+    form.get_by_label("images").fill("2000")
+    form.get_by_role("button", name="Sample").click()
+    error = page.locator("#use-sample-error")
+    expect(error).to_contain_text("field: n")
+    expect(error).to_contain_text("HTTP 422 validation_error")
+    expect(form.get_by_label("images")).to_have_attribute("aria-invalid", "true")
+    shot(page, "23-sample-refused")
+
+
+def test_a_slow_sample_answer_is_polled_until_it_comes(
+    page: Page, base_url: str, token: str, finished_gans: tuple[str, str]
+) -> None:
+    """The API answers 202 with a poll URL when the inference worker takes longer than
+    INFERENCE_WAIT_S: the page polls it until the answer. Here the real answer is held back
+    by the browser (two 202s first), so the page's side is tested without a slow worker."""
+    job_id, _ = finished_gans
+    request_id = "f" * 32
+    poll = f"/v1/inference/{request_id}"
+    pending = {"request_id": request_id, "status": "pending", "poll": poll}
+    held: dict[str, str] = {}
+    polls: list[str] = []
+
+    def on_samples(route: Route) -> None:
+        held["body"] = route.fetch().text()
+        route.fulfill(status=202, json=pending, headers={"Location": poll})
+
+    def on_poll(route: Route) -> None:
+        polls.append(route.request.url)
+        if len(polls) < 3:
+            route.fulfill(status=202, json=pending)
+        else:
+            route.fulfill(status=200, body=held["body"], content_type="application/json")
+
+    page.route(f"**/v1/jobs/{job_id}/samples", on_samples)
+    page.route(f"**{poll}", on_poll)
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    form = page.locator("#use-sample-form")
+    form.get_by_label("images").fill("8")
+    form.get_by_role("button", name="Sample").click()
+    expect(page.locator("#use-grid")).to_have_attribute("data-n", "8")
+    expect(page.locator("#use-grid-caption")).to_contain_text(f"8 samples of {SHAPE}")
+    assert len(polls) == 3
+
+
+def test_a_cgan_samples_the_label_chosen(
+    page: Page, base_url: str, token: str, client: Client, http: httpx.Client
+) -> None:
+    spec = {**SMALL_GAN, "task": "cgan", "model": "conv_cgan", "max_steps": 20, "batch_size": 8}
+    job = client.wait(client.submit(spec).id, timeout=240, poll=0.3)
+    assert job.status == "succeeded", job.error
+    sign_in(page, base_url, token)
+    open_job(page, job.id)
+    form = page.locator("#use-sample-form")
+    label = form.get_by_label("label")
+    expect(label.locator("option")).to_have_count(11)  # every label in turn, 0..9
+    label.select_option("3")
+    form.get_by_label("images").fill("8")
+    form.get_by_role("button", name="Sample").click()
+    expect(page.locator("#use-grid-caption")).to_have_text(
+        f"8 samples of {SHAPE} · checkpoint final (step 20) · seed 0 · label 3"
+    )
+    key = page.locator("#use-grid").get_attribute("data-key") or ""
+    npz = http.get(f"/v1/jobs/{job.id}/artifacts/{key.removeprefix(f'jobs/{job.id}/')[:-4]}.npz")
+    with np.load(io.BytesIO(npz.content)) as saved:
+        assert saved["labels"].tolist() == [3] * 8
+        assert saved["images"].shape == (8, 1, 28, 28)
+
+
+def _file(name: str, media_type: str, data: bytes) -> FilePayload:
+    return {"name": name, "mimeType": media_type, "buffer": data}
+
+
+def _digit_png(x: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(x).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def test_a_digit_dropped_or_chosen_on_a_finished_classifier_shows_its_probabilities(
+    page: Page, base_url: str, token: str, finished_classifier: str, client: Client
+) -> None:
+    job_id = finished_classifier
+    test = load_dataset("mnist-5k")
+    x, y = test.test_x[::50].numpy(), test.test_y[::50].tolist()  # 2 of each class
+    # Clear digits: ones the model names right with confidence (asked through the SDK).
+    batch = io.BytesIO()
+    np.savez(batch, x=x)
+    answer = client.predict(job_id, batch.getvalue())
+    clear = [
+        i
+        for i, (p, t) in enumerate(zip(answer.predicted, y, strict=True))
+        if p == t and answer.probabilities[i][p] >= 0.9
+    ]
+    chosen, dropped = clear[0], next(i for i in clear if y[i] != y[clear[0]])
+
+    sign_in(page, base_url, token)
+    open_job(page, job_id)
+    expect(page.locator("#use-predict")).to_be_visible()
+    expect(page.locator("#use-sample")).to_be_hidden()  # a classifier: no sample button
+    choose = page.locator("#use-predict-file")
+    choose.set_input_files(files=_file("digit.png", "image/png", _digit_png(x[chosen, 0])))
+    bars = page.locator("#use-bars li")
+    expect(bars).to_have_count(10)
+    top = page.locator("#use-bars li.is-top")
+    expect(top).to_have_attribute("data-class", str(y[chosen]))
+    expect(page.locator("#use-predict-summary")).to_have_attribute("data-predicted", str(y[chosen]))
+    expect(page.locator("#use-predict-summary")).to_contain_text(f"digit.png: {y[chosen]} (p ")
+    expect(page.locator("#use-predict-img")).to_be_visible()
+    probabilities = [float(p) for p in bars.evaluate_all("li => li.map(l => l.dataset.p)")]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert abs(sum(probabilities) - 1) < 1e-4 and probabilities[0] >= 0.9
+    shot(page, "24-predict-chosen")
+
+    # Dropped on the zone, as a file dragged from the desktop arrives.
+    page.locator("#use-predict-drop").evaluate(
+        """(zone, bytes) => {
+          const data = new DataTransfer();
+          data.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+          zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true,
+            cancelable: true }));
+          zone.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true,
+            cancelable: true }));
+        }""",
+        list(_digit_png(x[dropped, 0])),
+    )
+    expect(page.locator("#use-predict-summary")).to_contain_text(f"dropped.png: {y[dropped]} (p")
+    expect(top).to_have_attribute("data-class", str(y[dropped]))
+    shot(page, "25-predict-dropped")
+    # Another checkpoint asks again about the same image.
+    best = client.get(job_id).result or {}
+    page.locator("#use-predict-form").get_by_label("checkpoint").select_option("best")
+    summary = page.locator("#use-predict-summary")
+    expect(summary).to_contain_text(f"checkpoint best (step {best['best']['step']})")
+    expect(summary).to_contain_text("dropped.png: ")
+
+    # An .npz batch: a line per image; a file that is no image: the API's message.
+    choose.set_input_files(files=_file("batch.npz", "application/octet-stream", batch.getvalue()))
+    expect(page.locator("#use-predict-batch li")).to_have_count(len(y))
+    expect(page.locator("#use-predict-summary")).to_have_attribute("data-images", str(len(y)))
+    expect(page.locator("#use-predict-img")).to_be_hidden()
+    choose.set_input_files(files=_file("notes.txt", "text/plain", b"not an image"))
+    error = page.locator("#use-predict-error")
+    expect(error).to_contain_text("is not a PNG, a JPEG or an .npz")
+    expect(error).to_contain_text("field: file")
+    expect(page.locator("#use-predict-result")).to_be_hidden()
 
 
 def save_docs_screenshot(page: Page) -> None:

@@ -13,7 +13,16 @@ def test_the_page_and_its_files_are_served_with_a_strict_csp(base_url: str) -> N
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
-    for name in ("app.js", "api.js", "sse.js", "chart.js", "jobs.js", "job.js", "dom.js"):
+    for name in (
+        "app.js",
+        "api.js",
+        "sse.js",
+        "chart.js",
+        "jobs.js",
+        "job.js",
+        "dom.js",
+        "inference.js",
+    ):
         response = httpx.get(f"{base_url}/{name}")
         assert response.status_code == 200, name
         assert "javascript" in response.headers["content-type"], name

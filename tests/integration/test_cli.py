@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from devstack.stack import Stack
+from workers.trainer.data import load_dataset
 
 TRAINYARD = str(Path(sys.executable).parent / "trainyard")
 
@@ -117,3 +119,77 @@ def test_quality_best_step_and_warnings(stack: Stack, tmp_path: Path) -> None:
     assert re.search(r"warning +step +\d+ +d_wins +step \d+: D wins outright", warnings.stdout)
     quality = run(stack, "events", job_id, "--kind", "quality")
     assert "fd=" in quality.stdout and "best_step=40" in quality.stdout
+
+
+def test_sample_writes_the_grid_png_and_the_npz(stack: Stack, tmp_path: Path) -> None:
+    """`trainyard sample` on a finished cGAN: the grid PNG (-o) and the images (--npz) of the
+    label asked for, their keys and URLs printed; the same seed gives the same bytes."""
+    # The stack's first GAN trains mnist-5k's reference classifier first (minutes on a CPU).
+    done = run(
+        stack,
+        *("submit", "--task", "cgan", "--max-steps", "20", "--batch-size", "16"),
+        *("--name", "cli sample", "--watch"),
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = done.stdout.split("submitted ")[1].split()[0]
+    png, npz = tmp_path / "grid.png", tmp_path / "images.npz"
+    args = ("sample", job_id, "-n", "12", "--label", "3", "--seed", "7")
+    drawn = run(stack, *args, "-o", str(png), "--npz", str(npz))
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    assert f"12 samples 1x28x28 from {job_id} at final (step 20), seed 7, labels 3 x12" in (
+        drawn.stdout
+    )
+    assert f"jobs/{job_id}/samples-on-demand/" in drawn.stdout and "X-Amz-Signature" in drawn.stdout
+    with Image.open(png) as grid:
+        assert grid.format == "PNG"
+        assert grid.size == (8 * 30 + 2, 2 * 30 + 2)  # 8 per row, 2-pixel padding
+    with np.load(npz) as saved:
+        assert saved["images"].shape == (12, 1, 28, 28) and saved["images"].dtype == np.uint8
+        assert saved["labels"].tolist() == [3] * 12
+    again = tmp_path / "again.npz"
+    repeated = run(stack, *args, "--npz", str(again), "--through-api")
+    assert repeated.returncode == 0, repeated.stderr
+    assert again.read_bytes() == npz.read_bytes()  # the same request, the same images
+    too_many = run(stack, "sample", job_id, "-n", "1025")
+    assert too_many.returncode == 1 and too_many.stderr.startswith("error: HTTP 422")
+    assert "(n)" in too_many.stderr and len(too_many.stderr.strip().splitlines()) == 1
+
+
+def test_predict_prints_the_class(stack: Stack, tmp_path: Path) -> None:
+    """`trainyard predict` on a finished classifier: a table row per image with the class it
+    predicts and the top 3 probabilities, for PNG files and an .npz batch."""
+    done = run(stack, "submit", "--max-steps", "150", "--name", "cli predict", "--watch")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = done.stdout.split("submitted ")[1].split()[0]
+    test = load_dataset("mnist-5k")
+    x, y = test.test_x[::25].numpy(), test.test_y[::25].tolist()  # 4 of each class
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, x=x)
+    table = run(stack, "predict", job_id, str(batch))
+    assert table.returncode == 0, table.stdout + table.stderr
+    rows = re.findall(r"batch\.npz\[(\d+)\] +│ +(\d) +│ +((?:\d \d\.\d{3} *){3})", table.stdout)
+    assert [int(i) for i, _, _ in rows] == list(range(40)), table.stdout
+    predicted = [int(label) for _, label, _ in rows]
+    assert sum(p == t for p, t in zip(predicted, y, strict=True)) >= 30  # a 150-step CNN
+    # Clear digits the model gets right, as PNG files: one row each, under the file's name.
+    right = [i for i in range(40) if predicted[i] == y[i]][:2]
+    files = []
+    for i in right:
+        path = tmp_path / f"digit-{i}.png"
+        Image.fromarray(x[i, 0]).save(path)
+        files.append(str(path))
+    shown = run(stack, "predict", job_id, *files, "--checkpoint", "final")
+    assert shown.returncode == 0, shown.stderr
+    for i in right:
+        row = next(line for line in shown.stdout.splitlines() if f"digit-{i}.png" in line)
+        top = re.search(r"│ +(\d) +│ +(\d) (\d\.\d{3})", row)
+        assert top and int(top.group(1)) == y[i] == int(top.group(2)), row
+    best = run(stack, "predict", job_id, str(batch), "--checkpoint", "best")  # final/best.pt
+    assert best.returncode == 0 and best.stdout.count("batch.npz[") == 40, best.stderr
+    missing = run(stack, "predict", job_id, str(batch), "--checkpoint", "7")  # no such step
+    assert missing.returncode == 1 and missing.stderr.startswith("error: HTTP 404")
+    assert "(checkpoint)" in missing.stderr
+    wrong = run(stack, "predict", job_id, __file__)  # not an image
+    assert wrong.returncode == 1 and wrong.stderr.startswith("error: HTTP 422")
+    assert "(file)" in wrong.stderr

@@ -63,7 +63,13 @@ export async function errorOf(response, { quiet = false } = {}) {
  * Call the API and return its JSON. `body` is JSON unless it is FormData (uploads).
  * With an explicit `token` (the sign-in check), a 401 is only thrown, not broadcast.
  */
-export async function api(path, { method = "GET", body, signal, token } = {}) {
+export async function api(path, options = {}) {
+  const response = await request(path, options);
+  return response.status === 204 ? null : response.json();
+}
+
+/** The response of a successful call (any 2xx); a non-2xx one is thrown as an ApiError. */
+async function request(path, { method = "GET", body, signal, token } = {}) {
   const headers = { ...authHeaders(token ?? getToken()), Accept: "application/json" };
   let payload;
   if (body instanceof FormData) {
@@ -74,7 +80,46 @@ export async function api(path, { method = "GET", body, signal, token } = {}) {
   }
   const response = await fetch(path, { method, headers, body: payload, signal, cache: "no-store" });
   if (!response.ok) throw await errorOf(response, { quiet: token !== undefined });
-  return response.status === 204 ? null : response.json();
+  return response;
+}
+
+const INFERENCE_WAIT_MS = 120_000; // how long a samples or predict call follows its 202
+
+/**
+ * POST to an inference route (samples, predict) and return its answer. A 202 means the
+ * inference worker has not answered yet: its `poll` URL (InferencePending) is asked again,
+ * less and less often, until it answers 200 (the same body), an error (thrown as an
+ * ApiError, the worker's message in it) or `waitMs` has passed. `onPending(pending)` is
+ * told each time it is still pending.
+ */
+export async function inference(path, options = {}) {
+  const { body, signal, onPending, waitMs = INFERENCE_WAIT_MS } = options;
+  const deadline = Date.now() + waitMs;
+  let response = await request(path, { method: "POST", body, signal });
+  let delay = 100;
+  while (response.status === 202) {
+    const pending = await response.json();
+    if (onPending) onPending(pending);
+    if (Date.now() + delay > deadline) {
+      const seconds = Math.round(waitMs / 1000);
+      throw new Error(`no answer after ${seconds} s (request ${pending.request_id})`);
+    }
+    await sleep(delay, signal);
+    delay = Math.min(delay * 2, 1000);
+    response = await request(pending.poll, { signal });
+  }
+  return response.json();
+}
+
+/** Resolve after `ms`, or reject at once when `signal` aborts (the user left the page). */
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }, { once: true });
+  });
 }
 
 /** A query string from the non-empty values of `params`. */

@@ -95,3 +95,42 @@ export function warningBadge(warning) {
     text: `⚠ ${WARNING_LABELS[warning.code] || warning.code}`,
   });
 }
+
+// --- API errors in forms
+
+/**
+ * An ApiError in `box`: the API's message, the field it names and every other problem (422
+ * details); the inputs of `form` (if any) named by them are marked invalid.
+ */
+export function showFormError(form, box, error) {
+  const lines = [el("strong", { text: error.message })];
+  if (error.field) lines.push(el("div", { class: "field", text: `field: ${error.field}` }));
+  const others = (error.details || []).slice(1);
+  if (others.length) {
+    lines.push(el("ul", {}, ...others.map((d) =>
+      el("li", { text: d.field ? `${d.field}: ${d.message}` : d.message }))));
+  }
+  if (error.status) lines.push(httpLine(error));
+  box.replaceChildren(...lines);
+  box.hidden = false;
+  for (const field of [error.field, ...(error.details || []).map((d) => d.field)]) {
+    const input = field && form && form.elements[field];
+    if (input && input.setAttribute) {
+      input.setAttribute("aria-invalid", "true");
+      input.classList.add("invalid");
+    }
+  }
+}
+
+/** "HTTP 422 validation_error", small, under an error's message. */
+export function httpLine(error) {
+  return el("div", { class: "muted small", text: `HTTP ${error.status} ${error.code}` });
+}
+
+/** Unmark the inputs showFormError marked. */
+export function clearFieldErrors(form) {
+  for (const input of form.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+    input.classList.remove("invalid");
+  }
+}

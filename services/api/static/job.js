@@ -1,5 +1,6 @@
 // One job: live progress and curves (fed by its event stream), the sample-grid timeline and
-// a side-by-side comparison, memory, result and artifacts.
+// a side-by-side comparison, memory, result and artifacts; once it succeeded, its model to use
+// (inference.js).
 
 import { api, fetchArtifact, jobPath, query, relativeToJob } from "./api.js";
 import { LineChart } from "./chart.js";
@@ -14,6 +15,7 @@ import {
   say,
   warningBadge,
 } from "./dom.js";
+import { setupInference } from "./inference.js";
 import { follow } from "./sse.js";
 
 const POLL_MS = 3000; // the job record (status, queue position) while it is not finished
@@ -151,6 +153,7 @@ class JobPage {
     this.checkpoints = new Set(); // steps of committed checkpoints
     this.memoryFromFile = false;
     this.finished = false;
+    this.inferenceReady = false; // the "use this model" panel is set up once
     signal.addEventListener("abort", () => {
       for (const url of this.blobUrls.values()) URL.revokeObjectURL(url);
     });
@@ -179,6 +182,7 @@ class JobPage {
     this.$("#artifacts-refresh").addEventListener("click", () => this.loadArtifacts());
     this.renderMemory(this.job.result && this.job.result.memory, "the job's result");
     this.renderResult();
+    this.setupUse();
     this.loadArtifacts();
     if (!TERMINAL.has(this.job.status)) this.poll();
     await this.followEvents();
@@ -426,7 +430,15 @@ class JobPage {
       return;
     }
     this.renderResult();
+    this.setupUse();
     await Promise.all([this.loadMemoryFile(), this.loadArtifacts(), this.loadCompareOptions()]);
+  }
+
+  /** A succeeded job's model, to sample from (GANs) or to classify images with. */
+  setupUse() {
+    if (this.inferenceReady || this.job.status !== "succeeded") return;
+    this.inferenceReady = true;
+    setupInference(this, this.$("#use-card"));
   }
 
   // --- charts

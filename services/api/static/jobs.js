@@ -2,12 +2,15 @@
 
 import { api, jobPath, query } from "./api.js";
 import {
+  clearFieldErrors,
   el,
   formatDuration,
   formatNumber,
   formatTime,
   fromTemplate,
+  httpLine,
   say,
+  showFormError,
   statusBadge,
   warningBadge,
 } from "./dom.js";
@@ -260,7 +263,7 @@ function setupSubmitForm(form, root, signal) {
       showQueued(okBox, job);
       if (form.elements.open.checked) location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
     } catch (error) {
-      if (!signal.aborted) showSubmitError(form, errorBox, error);
+      if (!signal.aborted) showFormError(form, errorBox, error);
     } finally {
       button.disabled = false;
     }
@@ -304,38 +307,6 @@ function showQueued(okBox, job) {
   okBox.replaceChildren("Queued job ",
     el("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, el("code", { text: job.id })), ".");
   okBox.hidden = false;
-}
-
-/** The API's message, the field it names, and every other problem (422 details). */
-function showSubmitError(form, box, error) {
-  const lines = [el("strong", { text: error.message })];
-  if (error.field) lines.push(el("div", { class: "field", text: `field: ${error.field}` }));
-  const others = (error.details || []).slice(1);
-  if (others.length) {
-    lines.push(el("ul", {}, ...others.map((d) =>
-      el("li", { text: d.field ? `${d.field}: ${d.message}` : d.message }))));
-  }
-  if (error.status) lines.push(httpLine(error));
-  box.replaceChildren(...lines);
-  box.hidden = false;
-  for (const field of [error.field, ...(error.details || []).map((d) => d.field)]) {
-    const input = field && form.elements[field];
-    if (input && input.setAttribute) {
-      input.setAttribute("aria-invalid", "true");
-      input.classList.add("invalid");
-    }
-  }
-}
-
-function httpLine(error) {
-  return el("div", { class: "muted small", text: `HTTP ${error.status} ${error.code}` });
-}
-
-function clearFieldErrors(form) {
-  for (const input of form.querySelectorAll("[aria-invalid]")) {
-    input.removeAttribute("aria-invalid");
-    input.classList.remove("invalid");
-  }
 }
 
 // --- data sets
