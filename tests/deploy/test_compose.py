@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shared.broker import inference_queue
 from tests.deploy.helpers import (
     COMPOSE_WORKERS,
     REDIS_FLAGS,
@@ -74,10 +75,10 @@ def test_redis_durability(services: dict[str, Any]) -> None:
 
 
 def test_waits_on_health_not_sleeps(services: dict[str, Any]) -> None:
-    for name in ("redis", "minio", "api", *COMPOSE_WORKERS):
+    for name in ("redis", "minio", "api", "planner", "inference", *COMPOSE_WORKERS):
         assert services[name]["healthcheck"]["test"], name
     assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
-    for name in ("api", *COMPOSE_WORKERS):
+    for name in ("api", "planner", "inference", *COMPOSE_WORKERS):
         assert services[name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
             "minio-init": {"condition": "service_completed_successfully"},
@@ -128,6 +129,33 @@ def test_worker_scales_and_shuts_down_gracefully(services: dict[str, Any], name:
     assert worker["volumes"] == [env["TRAINYARD_DATA_DIR"]]  # anonymous: one per replica
 
 
+def test_one_inference_worker_on_its_own_queue(services: dict[str, Any]) -> None:
+    """The inference worker (role `inference`) consumes only the inference queue, which no
+    trainer or planner consumes: a prediction never waits behind a training job. It is the
+    workers' image and hardening, always on (no profile), CPU only."""
+    inference = services["inference"]
+    env = compose_env(inference)
+    assert env["TRAINYARD_WORKER_ROLE"] == "inference"
+    queue = inference_queue(env["TRAINYARD_QUEUE"])
+    command = inference["command"]
+    assert command[:4] == ["celery", "-A", "workers.trainer.celery_app", "worker"]
+    assert command[command.index("-Q") + 1] == queue
+    assert command[command.index("--concurrency") + 1] == "1"
+    assert "profiles" not in inference and "deploy" not in inference
+    assert inference["image"] == services["worker-cpu"]["image"]
+    health = " ".join(inference["healthcheck"]["test"])
+    assert "TRAINYARD_WORKER_HEARTBEAT_FILE" in health
+    consumers = [
+        name
+        for name, service in services.items()
+        if "-Q" in (argv := service.get("command") or [])
+        and queue in argv[argv.index("-Q") + 1].split(",")
+    ]
+    assert consumers == ["inference"]
+    for key in ("tmpfs", "read_only", "cap_drop", "security_opt", "stop_grace_period"):
+        assert inference[key] == services["planner"][key], key
+
+
 # Every service's hardening: which user it runs as, and why.
 NON_ROOT_USER = {"redis": "999:1000", "minio-init": "1000:1000", "flower": "1000:1000"}
 # The image creates /data root-owned, so a new named volume is writable by root only: MinIO
@@ -137,7 +165,7 @@ ROOT_WITHOUT_CAPABILITIES = {"minio"}
 
 def test_every_service_is_locked_down(services: dict[str, Any]) -> None:
     built = {name for name, service in services.items() if "build" in service}
-    assert built == {"api", "planner", *COMPOSE_WORKERS}  # USER 10001 (test_dockerfile_rules)
+    assert built == {"api", "planner", "inference", *COMPOSE_WORKERS}  # USER 10001 (Dockerfile)
     assert set(services) == built | set(NON_ROOT_USER) | ROOT_WITHOUT_CAPABILITIES
     for name, service in services.items():
         assert service["cap_drop"] == ["ALL"], name

@@ -13,6 +13,7 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from services.api.main import app
+from shared.broker import inference_queue
 from shared.config import Settings
 from shared.planning import GIB, choose_class, parse_classes, queue_for
 from tests.deploy.helpers import (
@@ -43,7 +44,7 @@ K8S_VERSION = kv.latest_version()
 # The KEDA release the manifests are written for; its CRDs are vendored in deploy/vendor/keda.
 KEDA_RELEASE = "v2.20.2"
 # The pods that talk to Redis, with the password from the Secret trainyard-redis.
-REDIS_CLIENTS = ("api", "worker", "planner")
+REDIS_CLIENTS = ("api", "worker", "planner", "inference")
 
 
 def schema_errors(objects: Objects) -> list[str]:
@@ -192,6 +193,44 @@ def test_worker_shutdown_and_liveness(rendered: dict[str, Objects], overlay: str
         assert "TRAINYARD_WORKER_HEARTBEAT_FILE" in text and "getmtime" in text
         assert "inspect" not in text
     assert "readinessProbe" not in ctr  # nothing routes traffic to a worker
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_one_inference_worker_on_its_own_queue(rendered: dict[str, Objects], overlay: str) -> None:
+    """One inference replica (role `inference`) consumes the inference queue and nothing else;
+    no trainer or planner consumes it, so a prediction never waits behind a training job."""
+    objects = rendered[overlay]
+    inference = find(objects, "Deployment", "inference")
+    assert inference["spec"]["replicas"] == 1
+    ctr = container(inference, "inference")
+    env = pod_env(objects, ctr, secret_examples())
+    assert env["TRAINYARD_WORKER_ROLE"] == "inference"
+    command = ctr["command"]
+    assert command[:4] == ["celery", "-A", "workers.trainer.celery_app", "worker"]
+    queue = inference_queue(config_value(objects, "TRAINYARD_QUEUE"))
+    assert command[command.index("-Q") + 1] == queue
+    assert command[command.index("--concurrency") + 1] == "1"
+    assert command[command.index("-n") + 1] == "inference@%h"
+    assert "nvidia" not in json.dumps(inference), "CPU only"
+    text = " ".join(ctr["livenessProbe"]["exec"]["command"])
+    assert "TRAINYARD_WORKER_HEARTBEAT_FILE" in text and "getmtime" in text
+    heartbeat = config_value(objects, "TRAINYARD_WORKER_HEARTBEAT_FILE")
+    mounts = {m["mountPath"] for m in ctr["volumeMounts"]}
+    assert any(heartbeat.startswith(m.rstrip("/") + "/") for m in mounts)
+    consumers = []
+    for obj in objects:
+        for other in containers(obj):
+            argv = other.get("command", [])
+            if argv[:4] == command[:4] and queue in argv[argv.index("-Q") + 1].split(","):
+                consumers.append(obj["metadata"]["name"])
+    assert consumers == ["inference"]
+    targets = [o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] == "ScaledObject"]
+    assert "inference" not in targets, "one replica, not scaled by KEDA"
+    # The model cache fits in the container with room for torch and a batch of 1,024 images.
+    limit = ctr["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    cache = int(config_value(objects, "TRAINYARD_INFERENCE_CACHE_BYTES"))
+    assert cache + 2 * GIB <= int(limit.removesuffix("Gi")) * GIB
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
@@ -411,7 +450,7 @@ def test_pod_security(rendered: dict[str, Objects], overlay: str) -> None:
     accounts = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceAccount"}
     assert accounts and all(a["automountServiceAccountToken"] is False for a in accounts.values())
     workloads = [o for o in objects if pod_spec(o) is not None]
-    assert len(workloads) == 6  # api, worker, planner, redis, minio, minio-init
+    assert len(workloads) == 7  # api, worker, planner, inference, redis, minio, minio-init
     for obj in workloads:
         pod = pod_spec(obj)
         assert pod is not None
@@ -516,8 +555,8 @@ def test_network_policies(rendered: dict[str, Objects], overlay: str) -> None:
                 names |= {n for n, labels in pods.items() if labels_match(selector, labels)}
         return names
 
-    assert allowed_pods(policies["redis-ingress"]) == {"api", "worker", "planner"}
-    assert allowed_pods(policies["minio-ingress"]) == {"api", "worker", "minio-init"}
+    assert allowed_pods(policies["redis-ingress"]) == {"api", "worker", "planner", "inference"}
+    assert allowed_pods(policies["minio-ingress"]) == {"api", "worker", "inference", "minio-init"}
     redis_peers = [p for rule in policies["redis-ingress"]["ingress"] for p in rule["from"]]
     keda = [p for p in redis_peers if "namespaceSelector" in p]
     assert len(keda) == 1
@@ -570,6 +609,7 @@ EGRESS = {
     "api": {*DNS, REDIS, MINIO},
     "worker": {*DNS, REDIS, MINIO},
     "planner": {*DNS, REDIS},
+    "inference": {*DNS, REDIS, MINIO},  # reads models, stores the samples it draws
     "minio-init": {*DNS, MINIO},
     "redis": set(),
     "minio": set(),
@@ -650,9 +690,10 @@ def test_dataset_downloads_are_opt_in(
 def test_workers_size_their_threads_to_their_cpu_limit(
     rendered: dict[str, Objects], overlay: str
 ) -> None:
-    """Trainers and planners get TRAINYARD_WORKER_CPUS from their own container's CPU limit
-    (workers/trainer/cpu.py divides it among the pool processes), and have such a limit."""
-    for name in ("worker", "planner"):
+    """Trainers, planners and the inference worker get TRAINYARD_WORKER_CPUS from their own
+    container's CPU limit (workers/trainer/cpu.py divides it among the pool processes), and
+    have such a limit."""
+    for name in ("worker", "planner", "inference"):
         ctr = container(find(rendered[overlay], "Deployment", name), name)
         env = {e["name"]: e for e in ctr.get("env", [])}
         ref = env["TRAINYARD_WORKER_CPUS"]["valueFrom"]["resourceFieldRef"]

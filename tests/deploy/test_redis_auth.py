@@ -156,7 +156,7 @@ def test_compose_redis_requires_the_password(
     server = start(redis_service["command"], env)
     clients = {
         name: compose_env(services[name])["TRAINYARD_REDIS_URL"]
-        for name in ("api", "worker", "worker-cpu", "planner")
+        for name in ("api", "worker", "worker-cpu", "planner", "inference")
     }
     clients["flower"] = compose_env(services["flower"])["CELERY_BROKER_URL"]
     check(server, password, clients)
@@ -180,7 +180,7 @@ def test_kubernetes_redis_requires_the_password(start: Any, overlay: str) -> Non
         name: pod_env(objects, container(find(objects, "Deployment", name), name), secrets)[
             "TRAINYARD_REDIS_URL"
         ]
-        for name in ("api", "worker", "planner")
+        for name in ("api", "worker", "planner", "inference")
     }
     check(server, password, clients)
     probe = ctr["readinessProbe"]["exec"]["command"]
