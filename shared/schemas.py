@@ -302,9 +302,10 @@ class JobPublic(BaseModel):
 
     @classmethod
     def from_record(cls, record: JobRecord, pending: PendingInfo | None = None) -> JobPublic:
-        """The public view of a stored job (shared/state/records.py), with why it waits."""
-        public = record.model_dump(include=set(cls.model_fields) - {"pending"})
-        return cls.model_validate({**public, "pending": pending})
+        """The public view of a stored job (shared/state/records.py), with why it waits. The
+        spec is passed on as read (records.stored_spec), not checked against today's rules."""
+        public = record.model_dump(include=set(cls.model_fields) - {"pending", "spec"})
+        return cls.model_validate({**public, "spec": record.spec, "pending": pending})
 
     @property
     def being_planned(self) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from services.api.deps import Services
 from services.api.errors import ApiProblem
@@ -356,8 +357,9 @@ async def _counted(kind: InferenceKind, work: Any) -> Answer:
     503 of no parse slot), timed_out (504: no inference worker answered), failed (5xx)."""
     try:
         answer: Answer = await work
-    except (ApiProblem, JobNotFound, DatasetNotFound) as exc:
-        status = exc.status_code if isinstance(exc, ApiProblem) else 404
+    except (HTTPException, JobNotFound, DatasetNotFound) as exc:
+        # HTTPException: ApiProblem, and Starlette's 400 for a malformed multipart form
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
         if status == 504:
             outcome = "timed_out"
         elif status >= 500 and status != 503:

@@ -8,15 +8,24 @@ public model with JobPublic.from_record(). Fields only the system needs (`fence`
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from shared.schemas import HealthWarning, JobEvent, JobSpec, JobSpecAdapter
+from shared.schemas import (
+    CganSpec,
+    ClassifierSpec,
+    GanSpec,
+    HealthWarning,
+    JobEvent,
+    JobSpec,
+    JobSpecAdapter,
+)
 from shared.state.keys import text
 from shared.status import JobStatus
 
@@ -146,6 +155,12 @@ def flatten(fields: dict[str, Any]) -> list[str]:
 
 
 _JSON_FIELDS = ("result", "warnings")
+SPEC_CLASSES: dict[str, type[ClassifierSpec | GanSpec | CganSpec]] = {
+    "classifier": ClassifierSpec,
+    "gan": GanSpec,
+    "cgan": CganSpec,
+}
+log = logging.getLogger(__name__)
 
 
 def decode(raw: dict[Any, Any]) -> JobRecord:
@@ -154,9 +169,22 @@ def decode(raw: dict[Any, Any]) -> JobRecord:
     for key in _JSON_FIELDS:
         if key in data:
             data[key] = json.loads(data[key])
-    data["spec"] = JobSpecAdapter.validate_json(data["spec"])
+    data["spec"] = stored_spec(data["spec"])
     data["cancel_requested"] = data.get("cancel_requested") == "1"
     return JobRecord.model_validate({k: v for k, v in data.items() if v != ""})
+
+
+def stored_spec(raw: str) -> JobSpec:
+    """A stored job's spec. Specs are validated on the way in; one stored under rules tightened
+    since (a job name with a control character, say) is read as it was stored, unvalidated,
+    instead of failing every list and page that holds its job."""
+    try:
+        return JobSpecAdapter.validate_json(raw)
+    except ValidationError as exc:
+        fields = json.loads(raw)
+        spec_class = SPEC_CLASSES[fields["task"]]
+        log.warning("a stored spec fails today's checks, read as stored: %s", exc)
+        return spec_class.model_construct(**fields)
 
 
 def score(when: datetime) -> int:

@@ -320,14 +320,15 @@ def read_image(
     """One PNG or JPEG (a predict request's image) as uint8 (H, W, channels), normalised as a
     zip upload's images are (_viewed_pixels: EXIF orientation, transparency over white,
     16-bit grey scaled). Its size is read from the header and checked against `limits`
-    before any pixel is decoded. DatasetError (400 unreadable, 422 too large or not 8/16-bit)
-    names `name`."""
+    before any pixel is decoded, at 4 bytes a pixel (what Pillow may hold while decoding:
+    RGBA, CMYK). DatasetError names `name`: 400 unreadable, 413 past a size limit (Pillow's
+    decompression-bomb bound included), 422 a side over `limits.max_side` or not 8/16-bit."""
     _check_upload_size(name, len(data), limits)
     Image.init()
     try:
         img = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
     except Image.DecompressionBombError as exc:
-        raise DatasetError(422, f"{name} is too large an image ({exc})") from exc
+        raise DatasetError(413, f"{name} is too large an image ({exc})") from exc
     except (UnidentifiedImageError, *_PIL_ERRORS) as exc:
         raise DatasetError(400, f"{name} is not a readable image; expected PNG or JPEG") from exc
     with img:
@@ -337,7 +338,7 @@ def read_image(
             raise DatasetError(400, f"{name} has unreadable metadata ({exc})") from exc
         if mode == "F":
             raise DatasetError(422, f"{name} has floating-point pixels; expected 8- or 16-bit")
-        _check_shape(name, (1, h, w, channels), limits)
+        _check_shape(name, (1, h, w, max(channels, 4)), limits)
         try:
             pixels = _viewed_pixels(name, img, channels)
         except _PIL_ERRORS as exc:

@@ -15,6 +15,8 @@ the numbers. Every other rejection is a DatasetError 422 naming `file`."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from PIL import Image
 
@@ -25,7 +27,8 @@ from shared.uploads.npz import read_npz_images
 __all__ = ["FIELD", "parse_predict_input"]
 
 FIELD = "file"
-_PNG, _JPEG, _ZIP = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04"
+_PNG, _JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+_ZIP = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with entries; an empty one (an npz of nothing)
 
 
 def parse_predict_input(
@@ -52,8 +55,13 @@ def parse_predict_input(
             )
             return _batch(name, read_npz_images(name, data, limits), image, max_images)
         if data.startswith((_PNG, _JPEG)):
-            # Decoded at its own size first (each side at most Limits.max_side), then resized.
-            limits = Limits(max_upload_bytes=max_bytes, max_decoded_bytes=max_decoded_bytes)
+            # Decoded at its own size first, then resized: any side (a phone's 4032x3024 photo
+            # of a digit), bounded by the decoded size alone.
+            limits = Limits(
+                max_upload_bytes=max_bytes,
+                max_decoded_bytes=max_decoded_bytes,
+                max_side=sys.maxsize,
+            )
             return _resized(read_image(name, data, c, limits), h, w)[np.newaxis]
     except DatasetError as exc:
         if exc.status == 413:  # a size past a limit, with its numbers

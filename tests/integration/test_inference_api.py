@@ -341,6 +341,12 @@ def test_predict_refusals_name_file_and_store_nothing(
         assert r.json()["error"].get("field") == field, r.text
     r = alice.post(f"/v1/jobs/{classifier}/predict", files={"other": ("f", png(noise))})
     assert r.status_code == 422 and r.json()["error"]["field"] == "file"
+    two = [("file", ("a.png", png(noise))), ("file", ("b.png", png(noise)))]
+    r = alice.post(f"/v1/jobs/{classifier}/predict", files=two)  # Starlette's own 400
+    assert r.status_code == 400 and r.json()["error"]["field"] == "file", r.text
+    extra = {"note": (None, b"hi")}
+    r = alice.post(f"/v1/jobs/{classifier}/predict", files={"file": ("f", png(noise)), **extra})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "file", r.text
     r = alice.post(f"/v1/jobs/{classifier}/predict", json={"file": "x"})
     assert r.status_code == 415
     assert inference_keys(redis) == before

@@ -4,6 +4,8 @@ as uploads are and resized to the job's shape; .npz batches checked before they 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -87,6 +89,7 @@ def test_npz_batches_of_the_jobs_shape() -> None:
         (_npz(x=np.zeros((1, 28, 28), np.uint8), y=np.zeros(1)), "exactly one"),
         (_npz(x=np.zeros((0, 28, 28), np.uint8)), "0 images"),
         (b"PK\x03\x04 not really a zip", "not an .npz"),
+        (_npz(), "holds 0 arrays"),  # an empty zip: PK\x05\x06, not "not an .npz"
     ],
     ids=[
         "text",
@@ -97,6 +100,7 @@ def test_npz_batches_of_the_jobs_shape() -> None:
         "two-arrays",
         "empty",
         "broken-zip",
+        "no-arrays",
     ],
 )
 def test_refusals_are_422s_naming_file(data: bytes, words: str) -> None:
@@ -144,11 +148,35 @@ def test_a_batch_of_the_jobs_shape_over_the_decoded_cap_is_a_413_before_decoding
 
 
 def test_an_image_over_the_decoded_cap_is_a_413_before_decoding() -> None:
-    """An image's size comes from its header: 1000 x 1000 grey is 1,000,000 bytes decoded."""
+    """An image's size comes from its header, at 4 bytes a pixel (what Pillow may hold while
+    decoding): 1000 x 1000 is 4,000,000 bytes."""
     data = _png(Image.new("L", (1000, 1000), 0))
-    message = _refused_413(data, decoded=999_999)
-    assert "1000000 bytes" in message and "the limit is 999999 bytes" in message
-    assert parse(data, decoded=1_000_000).shape == (1, 1, 28, 28)
+    message = _refused_413(data, decoded=3_999_999)
+    assert "4000000 bytes" in message and "the limit is 3999999 bytes" in message
+    assert parse(data, decoded=4_000_000).shape == (1, 1, 28, 28)
+
+
+def test_a_phone_photo_of_any_side_is_taken_and_resized() -> None:
+    """A 4032 x 3024 photo (36 MB decoded as RGB, under the 64 MiB default): sides are bounded
+    by the decoded size alone, not by the uploads' 1,024 px."""
+    buf = io.BytesIO()
+    Image.new("RGB", (3024, 4032), (255, 255, 255)).save(buf, format="JPEG", quality=50)
+    out = parse(buf.getvalue())
+    assert out.shape == (1, 1, 28, 28) and (out > 250).all()
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height grey pixels, with one tiny IDAT after it."""
+    small = _png(Image.new("L", (1, 1), 0))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr
+    chunk += struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return small[:8] + chunk + small[8 + 25 :]
+
+
+def test_a_png_declaring_20000_by_20000_pixels_is_a_413_from_its_header() -> None:
+    message = _refused_413(_header_only_png(20_000, 20_000))
+    assert "too large an image" in message or "the limit is" in message
 
 
 def test_the_predict_routes_body_rule_matches_any_job_id() -> None:

@@ -277,10 +277,10 @@ def sample_name(
 ) -> str:
     """The object name of a samples request: readable parts and a digest of all of them, so
     the same request always gives the same name and different requests different names."""
-    tag = checkpoint if isinstance(checkpoint, str) else "step"
+    tag = f"{checkpoint}-" if isinstance(checkpoint, str) else ""  # best-, final-, or none
     what = json.dumps([checkpoint, step, seed, n, labels], separators=(",", ":"))
     digest = hashlib.sha256(what.encode()).hexdigest()[:12]
-    return f"{tag}-step{step}-seed{seed}-n{n}-{digest}"
+    return f"{tag}step{step}-seed{seed}-n{n}-{digest}"
 
 
 def grid_png(images: Tensor) -> bytes:

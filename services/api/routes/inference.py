@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from services.api import inference
 from services.api.deps import JobIdDep, PrincipalDep, get_principal, services
@@ -162,15 +163,26 @@ async def predict(
 
 
 async def _read_file(request: Request) -> tuple[str, bytes]:
-    """The multipart form's one part, `file`: (its file name, its bytes)."""
-    async with request.form(max_files=1, max_fields=1, max_part_size=TEXT_FIELD_MAX_BYTES) as form:
+    """The multipart form's one part, `file`: (its file name, its bytes). A form Starlette
+    cannot take (two files, a field too long) is a 400 naming `file`."""
+    try:
+        form = await request.form(max_files=1, max_fields=1, max_part_size=TEXT_FIELD_MAX_BYTES)
+    except HTTPException as exc:
+        raise ApiProblem(
+            400, f"file: {exc.detail}; send one multipart field `file`", "file"
+        ) from exc
+    try:
         part = form.get("file")
         if not isinstance(part, UploadFile):
             raise ApiProblem(422, "file: one file is required (multipart field `file`)", "file")
         extra = sorted(set(form.keys()) - {"file"})
         if extra:
-            raise ApiProblem(422, f"unknown form field {extra[0][:40]!r}; the form has `file` only")
+            raise ApiProblem(
+                422, f"unknown form field {extra[0][:40]!r}; the form has `file` only", "file"
+            )
         return part.filename or "", await part.read()
+    finally:
+        await form.close()
 
 
 @router.get(
