@@ -3,11 +3,26 @@ integration tests' session stack is in tests/integration/conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
 import pytest
 
 from devstack.stack import wait_for  # poll a condition; never a fixed sleep
 
-__all__ = ["wait_for"]
+__all__ = ["run_async", "wait_for"]
+
+T = TypeVar("T")
+
+
+def run_async(coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+    """asyncio.run(coroutine) in a thread of its own: the browser tests' sync Playwright leaves
+    an event loop running in the main thread, where asyncio.run() refuses to start."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result(timeout=timeout)
+
 
 pytest_plugins = ["tests.stack_plugin"]
 

@@ -277,7 +277,12 @@ def test_the_artifact_route_documents_what_it_serves(
 def test_every_405_says_what_is_allowed(document: dict[str, Any], stack: Stack) -> None:
     """`Allow` lists exactly the documented methods of the path (Starlette's named only the
     first route matching it: OPTIONS /v1/jobs said `Allow: POST`)."""
-    values = {"job_id": UNKNOWN_JOB, "dataset_id": "ds-0123456789abcdef", "path": "a/b.json"}
+    values = {
+        "job_id": UNKNOWN_JOB,
+        "dataset_id": "ds-0123456789abcdef",
+        "path": "a/b.json",
+        "request_id": "0" * 32,
+    }
     token = {"Authorization": f"Bearer {USERS['fuzz']}"}
     for path, operations in document["paths"].items():
         url = stack.config.api_url + path.format(**values)

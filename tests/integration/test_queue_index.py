@@ -3,9 +3,7 @@ a job's place in line is a ZRANK, an owner's queued count a SCARD, never a scan.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from redis import Redis
@@ -16,6 +14,7 @@ from shared.state.events import EventStream
 from shared.state.jobs import JobRegistry
 from shared.state.records import QueueFull, status_event
 from shared.status import JobStatus
+from tests.conftest import run_async
 
 
 @pytest.fixture
@@ -95,10 +94,7 @@ def test_recent_durations_feed_etas_and_are_reused_for_a_while(
             seen.append(await reg.arecent_durations())  # stale: read again
             return seen
 
-    # In a thread of its own: the browser tests' sync Playwright leaves an event loop running
-    # in this one, where asyncio.run() refuses to start.
-    with ThreadPoolExecutor(1) as thread:
-        seen = thread.submit(asyncio.run, scenario()).result(timeout=60)
+    seen = run_async(scenario())
     assert [len(s) for s in seen] == [0, 1, 1, 2]
     assert all(d >= 0 for d in seen[-1])
 

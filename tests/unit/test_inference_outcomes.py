@@ -4,14 +4,13 @@ a broken multipart body): a caller's mistake is never counted as a failure of th
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from starlette.exceptions import HTTPException
 
 from services.api.errors import ApiProblem
 from services.api.inference import _counted
 from services.api.metrics import INFERENCE_REQUESTS
+from tests.conftest import run_async
 
 
 def _count(outcome: str) -> float:
@@ -34,7 +33,7 @@ async def _raise(exc: Exception) -> None:
 def test_each_error_is_counted_by_its_status(exc: Exception, outcome: str) -> None:
     before = {o: _count(o) for o in ("refused", "failed", "timed_out")}
     with pytest.raises(type(exc)):
-        asyncio.run(_counted("predict", _raise(exc)))
+        run_async(_counted("predict", _raise(exc)))
     after = {o: _count(o) for o in before}
     assert {o: after[o] - before[o] for o in before} == {
         o: (1.0 if o == outcome else 0.0) for o in before

@@ -9,6 +9,7 @@ import pytest
 
 from shared.uploads import DatasetError
 from shared.uploads.slots import RETRY_AFTER_S, ParseSlots
+from tests.conftest import run_async
 
 
 def test_at_most_count_are_held_and_one_more_is_a_503_after_the_wait() -> None:
@@ -24,7 +25,7 @@ def test_at_most_count_are_held_and_one_more_is_a_503_after_the_wait() -> None:
         async with slots.hold(), slots.hold():  # both were given back
             pass
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_waiting_request_gets_the_slot_freed_within_the_wait() -> None:
@@ -45,7 +46,7 @@ def test_a_waiting_request_gets_the_slot_freed_within_the_wait() -> None:
         await asyncio.gather(first(), second())
         assert order == ["first", "second"]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_slot_is_given_back_when_its_block_raises() -> None:
@@ -57,4 +58,4 @@ def test_a_slot_is_given_back_when_its_block_raises() -> None:
         async with slots.hold():
             pass
 
-    asyncio.run(main())
+    run_async(main())
