@@ -77,33 +77,55 @@ def fit(
             metrics = recipe.evaluate()
             run.emit("epoch", step, epoch, metrics, flush=True)
             monitor.evaluated(step, epoch, metrics)
+            run.evaluated(step, epoch, metrics)  # a sweep may prune here
             window = time.perf_counter()  # evaluation is not training time
 
-        monitor.check()
-        epoch = (step - 1) // len(batches)
-        run.checkpoint(step, epoch, _state(recipe, monitor, step, epoch))
-        run.sample(step, epoch, recipe.sample_grid())
-        monitor.score(step, epoch)
-        run.drain()  # every checkpoint and grid written before the final artifacts
-        summary = JobSummary(
-            job_id=run.job_id,
-            task=spec.task,
-            model=spec.model,
-            dataset=spec.dataset,
-            steps=step,
-            epochs=epoch + 1,
-            wall_s=train_s,
-            images_per_s=images / max(train_s, 1e-9),
-            metrics={**(metrics or recipe.evaluate()), **monitor.last_scores},
-            speed=spec.speed_flags(),
-            best=monitor.best,
-            quality_note=monitor.quality_note,
-            warnings=run.warnings,
-            memory=meter.report(run.predicted_peak_bytes),
+        return finish(
+            spec, run, recipe, monitor, meter, step, len(batches), train_s, images, metrics
         )
-        _write_results(run, recipe, monitor, summary, meter.summary_text())
-        run.emit("memory", step, epoch, meter.peak(), info={"note": summary.memory.note})
-        run.flush()
+
+
+def finish(
+    spec: JobSpec,
+    run: Run,
+    recipe: Recipe,
+    monitor: Monitor,
+    meter: MemoryMeter,
+    step: int,
+    per_epoch: int,
+    train_s: float,
+    images: int,
+    metrics: dict[str, float],
+) -> JobSummary:
+    """The end of a run (fit()'s, or one trial's of a pack): the last checkpoint and grid,
+    final/model.pt and best.pt, reports, memory.json and the summary, which it returns.
+    `train_s` is training time in seconds, `images` the images trained on in it, `metrics`
+    the last evaluation's (evaluated again here if empty)."""
+    monitor.check()
+    epoch = (step - 1) // per_epoch
+    run.checkpoint(step, epoch, _state(recipe, monitor, step, epoch))
+    run.sample(step, epoch, recipe.sample_grid())
+    monitor.score(step, epoch)
+    run.drain()  # every checkpoint and grid written before the final artifacts
+    summary = JobSummary(
+        job_id=run.job_id,
+        task=spec.task,
+        model=spec.model,
+        dataset=spec.dataset,
+        steps=step,
+        epochs=epoch + 1,
+        wall_s=train_s,
+        images_per_s=images / max(train_s, 1e-9),
+        metrics={**(metrics or recipe.evaluate()), **monitor.last_scores},
+        speed=spec.speed_flags(),
+        best=monitor.best,
+        quality_note=monitor.quality_note,
+        warnings=run.warnings,
+        memory=meter.report(run.predicted_peak_bytes),
+    )
+    _write_results(run, recipe, monitor, summary, meter.summary_text())
+    run.emit("memory", step, epoch, meter.peak(), info={"note": summary.memory.note})
+    run.flush()
     return summary
 
 

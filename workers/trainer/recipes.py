@@ -18,8 +18,9 @@ from torchvision.utils import make_grid
 
 from shared.schemas import CganSpec, ClassifierSpec, GanSpec, JobSpec
 from shared.zoo import MODELS
-from workers.trainer import clusters
 from workers.trainer.augment import diff_augment
+from workers.trainer.clusters import Clusters
+from workers.trainer.clusters import cluster as cluster_images
 from workers.trainer.data import ImageData, Prepare
 from workers.trainer.models import build_gan, build_model
 from workers.trainer.models.gans import LATENT, SelfConditionedGenerator
@@ -162,7 +163,7 @@ class GanTricks:
       Karras et al. (Progressive GAN, ICLR 2018) sample this way.
     - `augment`: DiffAugment (Zhao et al., NeurIPS 2020): these differentiable transforms
       (workers/trainer/augment.py) applied to real and fake images whenever D sees them, in
-      D's and in G's pass, drawn from the job's own generator seeded from spec.seed.
+      D's and in G's pass, drawn from the job's own generator (GanRecipe.rng).
     - `lr_d`, `lr_g`: factors on spec.lr for D's and G's Adam (TTUR: two time-scale update
       rule, Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local
       Nash Equilibrium", NeurIPS 2017).
@@ -188,7 +189,10 @@ class GanTricks:
 NO_TRICKS = GanTricks()  # the fast recipe as it was before issue 17: every trick off
 # What fast mode uses, with FAST_DEFAULTS' lr 2e-3 (bench/gan_quality.py, bench/RESULTS.md).
 FAST_TRICKS = GanTricks(ema=0.999, self_condition=True)
-AUGMENT_SEED_OFFSET = 104_729  # the augmentation stream is spec.seed + this, never global
+# A training step's draws (latents, a cGAN's fake labels, augmentation) come from the job's
+# own generator seeded with spec.seed + this, never from the global RNG (which seeds only the
+# weight init): so trials packed into one process each keep their own stream (pack.py).
+STEP_SEED_OFFSET = 104_729
 
 
 class GanRecipe:
@@ -203,6 +207,7 @@ class GanRecipe:
         device: torch.device,
         micro_batch: int | None = None,
         tricks: GanTricks | None = None,
+        clusters: Clusters | None = None,
     ) -> None:
         self.spec, self.data, self.device = spec, data, device
         self.prepare = _prepare_for(spec)
@@ -218,8 +223,9 @@ class GanRecipe:
         activation = spec.activation if isinstance(spec, GanSpec) else "leaky_relu"
         sn = self.tricks.spectral_norm and spec.model in ("conv_gan", "conv_cgan")
         # Self-conditioning: cluster indices stand in for labels in D's real and fake passes.
+        # They depend on the data alone: the trials of a pack pass theirs on (`clusters`).
         self.clusters = (
-            clusters.cluster(data, self.prepare)
+            (clusters or cluster_images(data, self.prepare))
             if self.tricks.self_condition and spec.model == "conv_gan"
             else None
         )
@@ -246,9 +252,10 @@ class GanRecipe:
         self.ema_steps = 0
         if self.tricks.ema:
             self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
-        # Augmentation draws from the job's own generator, on the device (no host syncs).
-        self.augment_rng = torch.Generator(device=device)
-        self.augment_rng.manual_seed(spec.seed + AUGMENT_SEED_OFFSET)
+        # Every draw of a training step comes from the job's own generator, on the device (no
+        # host syncs); checkpoints carry its state.
+        self.rng = torch.Generator(device=device)
+        self.rng.manual_seed(spec.seed + STEP_SEED_OFFSET)
         # One fixed latent batch per job (seeded): every grid renders the same seeds, so the
         # grids form a timeline. cGANs get one row per label.
         gen = torch.Generator().manual_seed(spec.seed)
@@ -266,7 +273,8 @@ class GanRecipe:
     def _random_labels(self, n: int) -> Tensor | None:
         if not self.classes:
             return None
-        return self._one_hot(torch.randint(self.data.num_classes, (n,), device=self.device))
+        drawn = torch.randint(self.data.num_classes, (n,), generator=self.rng, device=self.device)
+        return self._one_hot(drawn)
 
     def _real_condition(self, y: Tensor) -> Tensor | None:
         """D's condition for real images with these labels (cluster indices when
@@ -288,14 +296,14 @@ class GanRecipe:
         return _call(self.train_g, z, label)
 
     def _seed(self, n: int) -> Tensor:
-        return torch.randn(n, LATENT, device=self.device)
+        return torch.randn(n, LATENT, generator=self.rng, device=self.device)
 
     def _bce(self, out: Tensor, target: float) -> Tensor:
         return self.loss_fn(out, torch.full_like(out, target))
 
     def _augment(self, x: Tensor) -> Tensor:
         """DiffAugment's transforms, if on (a fresh draw per call, per image)."""
-        return diff_augment(x, self.tricks.augment, self.augment_rng) if self.tricks.augment else x
+        return diff_augment(x, self.tricks.augment, self.rng) if self.tricks.augment else x
 
     @property
     def sampler(self) -> nn.Module:
@@ -431,7 +439,7 @@ class GanRecipe:
             "G": self.G.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_g": self.opt_g.state_dict(),
-            "augment_rng": self.augment_rng.get_state(),
+            "generator": self.rng.get_state(),
         }
         if self.clusters is not None:  # a resume elsewhere trains on these, not a re-run's
             state["clusters"] = {"train": self.clusters.train, "test": self.clusters.test}
@@ -445,11 +453,12 @@ class GanRecipe:
         self.G.load_state_dict(state["G"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.opt_g.load_state_dict(state["opt_g"])
-        # Absent from checkpoints before issue 17; a CPU generator's state does not fit a CUDA
-        # one (a job resumed on another kind of device): then the seeded stream goes on.
-        rng = state.get("augment_rng")
-        if rng is not None and rng.numel() == self.augment_rng.get_state().numel():
-            self.augment_rng.set_state(rng.cpu())
+        # "generator" since issue 19, "augment_rng" (augmentation only) in issue 17, neither
+        # before; a CPU generator's state does not fit a CUDA one (a job resumed on another
+        # kind of device): in those cases the seeded stream goes on.
+        rng = state.get("generator", state.get("augment_rng"))
+        if rng is not None and rng.numel() == self.rng.get_state().numel():
+            self.rng.set_state(rng.cpu())
         saved = state.get("clusters")
         if self.clusters is not None and saved is not None:
             self.clusters.train.copy_(saved["train"])
@@ -485,11 +494,14 @@ def make_recipe(
     device: torch.device,
     micro_batch: int | None = None,
     tricks: GanTricks | None = None,
+    clusters: Clusters | None = None,
 ) -> Recipe:
-    """The recipe of `spec`; `tricks` (GANs, fast mode) overrides FAST_TRICKS, for benches."""
+    """The recipe of `spec`; `tricks` (GANs, fast mode) overrides FAST_TRICKS, for benches;
+    `clusters` (self-conditioned GANs) are reused, not made again (a pack's trials share
+    them)."""
     if isinstance(spec, ClassifierSpec):
         return ClassifierRecipe(spec, data, device, micro_batch)
-    return GanRecipe(spec, data, device, micro_batch, tricks)
+    return GanRecipe(spec, data, device, micro_batch, tricks, clusters)
 
 
 def _call(model: Forward, x: Tensor, label: Tensor | None) -> Tensor:

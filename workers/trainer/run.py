@@ -23,7 +23,7 @@ from shared.storage import ArtifactStore, JobKeys, LocalArtifactStore
 from workers.trainer import checkpoint, cpu
 
 EventSink = Callable[[list[JobEvent]], None]
-StopReason = Literal["cancel", "shutdown", "lease_lost"]
+StopReason = Literal["cancel", "shutdown", "lease_lost", "pruned"]  # pruned: by a sweep
 
 # Metric events are buffered and published in batches: one Redis round trip per flush, not
 # per step, so logging never slows training.
@@ -34,12 +34,14 @@ PNG_COMPRESS_LEVEL = 1
 
 
 class JobStopped(Exception):
-    """The loop stopped before the end: cancelled, handed back on shutdown, or lease lost."""
+    """The loop stopped before the end: cancelled, handed back on shutdown, lease lost, or
+    pruned by its sweep (`detail`: the pruner's reason)."""
 
-    def __init__(self, step: int, reason: StopReason) -> None:
-        super().__init__(f"stopped at step {step}: {reason}")
+    def __init__(self, step: int, reason: StopReason, detail: str | None = None) -> None:
+        super().__init__(f"stopped at step {step}: {detail or reason}")
         self.step = step
         self.reason = reason
+        self.detail = detail
 
 
 class Uploader:
@@ -103,6 +105,7 @@ class Run:
         self.attempt = 1
         # Set from another thread (cancel listener, heartbeat, signal handler); read each step.
         self.stop_reason: StopReason | None = None
+        self.stop_detail: str | None = None  # why, when a sweep's pruner stopped it
         # The planner's prediction for this device, set by the worker: memory.json compares.
         self.predicted_peak_bytes: int | None = None
         # Health warnings raised so far (a worker's run starts with the record's).
@@ -195,6 +198,10 @@ class Run:
         """Checked after every step (cheap: a field set by other threads)."""
         return self.stop_reason is not None
 
+    def evaluated(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after each epoch's evaluation; a sweep's run may set a stop reason here
+        (pruning), which the loop obeys before its next step."""
+
     def stop(self, step: int, epoch: int, state: Callable[[], dict[str, Any]]) -> JobStopped:
         """Wind down: on shutdown, checkpoint this step first so another worker resumes here."""
         reason = self.stop_reason or "cancel"
@@ -203,7 +210,7 @@ class Run:
         if reason != "lease_lost":
             self.drain()  # the hand-back checkpoint is committed before the job is requeued
         self.emit("log", step, epoch, info={"stopped": reason}, flush=reason != "lease_lost")
-        return JobStopped(step, reason)
+        return JobStopped(step, reason, self.stop_detail)
 
     # --- artifacts
 
