@@ -12,6 +12,8 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -293,6 +295,8 @@ class JobPublic(BaseModel):
     total_steps: int | None = None
     cancel_requested: bool = False
     worker: str | None = None
+    sweep_id: str | None = Field(None, description="The sweep this job is a trial of")
+    trial: int | None = Field(None, description="Its trial number in that sweep (Optuna's)")
     pending: PendingInfo | None = Field(None, description="Queued jobs only: why it waits")
     error: str | None = None
     warnings: list[HealthWarning] = Field(
@@ -353,6 +357,210 @@ class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int
     next_cursor: str | None = None
+
+
+# --- Sweeps (docs/sweeps.md): one request, many trials, each an ordinary job.
+
+SWEEP_ID = r"^sw-[0-9a-f]{16}$"
+SWEEP_TRIALS_LIMIT = 10_000  # the document's bound; TRAINYARD_SWEEP_MAX_TRIALS is the real cap
+# A space's parameter: a job spec field's name.
+PARAM_NAME = r"^[a-z_]{1,40}$"
+ChoiceValue = bool | int | float | str
+
+
+class FloatParam(BaseModel):
+    """A float range: uniform, or log-uniform (`log`), or on a grid of `step`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["float"]
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    log: bool = False
+    step: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(BaseModel):
+    """An integer range, both ends included: every `step`, or log-uniform (`log`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["int"]
+    low: int = Field(strict=True, ge=-(2**31), le=2**31 - 1)
+    high: int = Field(strict=True, ge=-(2**31), le=2**31 - 1)
+    log: bool = False
+    step: int = Field(1, strict=True, ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
+        return self
+
+
+class ChoiceParam(BaseModel):
+    """One of `values`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["choice"]
+    values: list[ChoiceValue] = Field(min_length=1, max_length=64)
+
+
+Param = Annotated[FloatParam | IntParam | ChoiceParam, Field(discriminator="type")]
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low > high:
+        raise _field_error("low", f"low {low} is above high {high}")
+    if log and low <= 0:
+        raise _field_error("low", "a log range needs low > 0")
+    if log and step is not None:
+        raise _field_error("step", "a range is either log or stepped, not both")
+
+
+class SweepMetric(BaseModel):
+    """What a sweep optimises: a number of the trial's result (summary.json `metrics`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-z_]{1,40}$",
+        description="test_accuracy for classifiers; fd (fid for unlabelled uploads) for GANs",
+    )
+    direction: Literal["maximize", "minimize"]
+
+
+class MedianPrunerSpec(BaseModel):
+    """Optuna's MedianPruner: stop a trial whose best value so far is worse than the median
+    of earlier trials' values after as many epochs (Optuna's step is epochs done, so trials
+    of another batch_size compare too). Classifier bases only: a GAN reports no per-epoch
+    metric (a pruner on a GAN base is a 422 naming `pruner`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["median"] = "median"
+    n_startup_trials: int = Field(5, strict=True, ge=0, le=10_000)
+    n_warmup_steps: int = Field(
+        0,
+        strict=True,
+        ge=0,
+        le=10_000_000,
+        description="Epochs a trial trains before it may be pruned (Optuna's steps are epochs)",
+    )
+
+
+class SweepSpec(BaseModel):
+    """POST /v1/sweeps: train `n_trials` variants of `base`, each a job, with the parameters
+    of `space` drawn by `sampler`, optimising `metric`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=100, description="Free-form label for people")
+    base: JobSpec
+    space: dict[Annotated[str, Field(pattern=PARAM_NAME)], Param] = Field(
+        min_length=1,
+        max_length=16,
+        description="Job spec field -> {type: float|int|choice, low, high, log, step | values}",
+    )
+    n_trials: int = Field(
+        strict=True,
+        ge=1,
+        le=SWEEP_TRIALS_LIMIT,
+        description="Trials to run; at most TRAINYARD_SWEEP_MAX_TRIALS (and a grid's size)",
+    )
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    metric: SweepMetric | None = Field(
+        None,
+        description="Default: test_accuracy (maximize) for classifiers, the GAN quality "
+        "metric (fd, or fid for unlabelled uploads; minimize) for GANs",
+    )
+    pruner: MedianPrunerSpec | None = Field(None, description="Early stopping; none by default")
+    parallel: int = Field(16, strict=True, ge=1, le=256, description="Trials in flight at once")
+    seed: int = Field(0, strict=True, ge=0, le=2**31 - 1, description="The sampler's seed")
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        bad = None if value is None else first_unprintable(value)
+        if bad is not None:
+            raise ValueError(f"contains the invisible or control character {bad!r}")
+        return value
+
+    @field_validator("base", mode="wrap")
+    @classmethod
+    def _base_names_its_field(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A bad base is a 422 naming `base.<field>` (the API's error names the top-level
+        field otherwise: `base`)."""
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            ctx = first.get("ctx") or {}
+            if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                field = "task"
+            elif isinstance(ctx.get("field"), str):
+                field = ctx["field"]
+            else:
+                parts = [p for p in first["loc"] if isinstance(p, str)]
+                parts = [p for p in parts if p not in ("classifier", "gan", "cgan")]
+                field = parts[0] if parts else ""
+            where = f"base.{field}" if field else "base"
+            raise _field_error(where, first["msg"]) from exc
+
+
+SweepStatus = Literal["running", "finished", "cancelled"]
+
+
+class SweepTrial(BaseModel):
+    """One trial: its job, the parameters it was given, and its value once it finished."""
+
+    number: int = Field(description="Optuna's trial number, 0 first")
+    job_id: str | None = Field(None, description="Absent while it waits for room in the queue")
+    status: JobStatus | None = None
+    params: dict[str, Any]
+    value: float | None = Field(None, description="The metric, once it succeeded")
+    reason: str | None = Field(None, description="Why it failed, was cancelled or pruned")
+
+
+class SweepBest(BaseModel):
+    trial: int
+    job_id: str
+    params: dict[str, Any]
+    value: float
+
+
+class SweepPublic(BaseModel):
+    """A sweep as the API returns it."""
+
+    id: str
+    owner: str | None = None
+    name: str | None = None
+    status: SweepStatus = Field(
+        description="running; finished once every trial has ended; cancelled"
+    )
+    spec: SweepSpec
+    metric: SweepMetric = Field(description="The metric in use (the spec's, or the default)")
+    created_at: datetime
+    finished_at: datetime | None = None
+    cancel_requested: bool = False
+    n_trials: int = Field(description="Trials it will run (n_trials, or a smaller grid)")
+    asked: int = Field(description="Trials asked of the sampler so far")
+    counts: dict[str, int] = Field(description="Trials by job status")
+    waiting: str | None = Field(None, description="Why no more trials are queued now")
+    best: SweepBest | None = Field(None, description="The best succeeded trial so far")
+    trials: list[SweepTrial]
+
+
+class SweepsPublic(BaseModel):
+    """The caller's sweeps, newest first."""
+
+    data: list[SweepPublic]
+    count: int
 
 
 # --- Events on a job's Redis Stream.

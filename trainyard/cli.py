@@ -2,20 +2,23 @@
 
 The API URL and token come from --url/--token, TRAINYARD_API_URL/TRAINYARD_API_TOKEN, or
 .trainyard/stack.env (written by `make up`). Errors are one line on stderr with a non-zero
-exit status; `watch` exits with the job's outcome (0 succeeded, 1 failed, 2 cancelled)."""
+exit status; `watch` exits with the job's outcome (0 succeeded, 1 failed, 2 cancelled, 3 pruned
+by its sweep)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from argparse import BooleanOptionalAction
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
 
 import httpx
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -27,11 +30,18 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from shared.schemas import SPEED_FLAGS, ClassifierSpec, EventKind, HealthWarning, JobPublic
+from shared.schemas import (
+    SPEED_FLAGS,
+    ClassifierSpec,
+    EventKind,
+    HealthWarning,
+    JobPublic,
+    SweepPublic,
+)
 from shared.status import JobStatus
 from trainyard.client import ApiError, Client
 
-EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2}
+EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2, JobStatus.PRUNED: 3}
 out = Console()
 err = Console(stderr=True)
 # A GAN's quality scores beside its fd/fid: on their own `quality` line (_quality), not in
@@ -213,6 +223,109 @@ def cmd_cancel(api: Client, args: argparse.Namespace) -> int:
     note = "cancelled" if job.status is JobStatus.CANCELLED else "stops at its next step"
     out.print(f"{job.id} {note}")
     return 0
+
+
+def _read_spec_file(path: str) -> dict[str, Any]:
+    """A sweep spec from a JSON or YAML file (YAML needs PyYAML: `pip install pyyaml`)."""
+    text = Path(path).read_text()
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # optional: the light client needs it only for YAML
+        except ImportError as exc:
+            raise ValueError("reading YAML needs PyYAML: pip install pyyaml") from exc
+        found = yaml.safe_load(text)
+    else:
+        found = json.loads(text)
+    if not isinstance(found, dict):
+        raise ValueError(f"{path}: expected a mapping (a sweep spec), got {type(found).__name__}")
+    return found
+
+
+def cmd_sweep(api: Client, args: argparse.Namespace) -> int:
+    """`sweep submit FILE`, `sweep show ID [--watch]`, `sweep cancel ID`, `sweep list`."""
+    if args.action == "submit":
+        sweep = api.submit_sweep(_read_spec_file(args.file), idempotency_key=args.idempotency_key)
+        out.print(
+            f"submitted sweep [bold]{sweep.id}[/bold]: {sweep.n_trials} trials of "
+            f"{sweep.spec.base.task} {sweep.spec.base.model}, {sweep.spec.sampler} sampler, "
+            f"{sweep.metric.direction} {sweep.metric.name}"
+        )
+        if args.watch:
+            return _watch_sweep(api, sweep.id)
+        return 0
+    if args.action == "list":
+        table = Table("id", "name", "status", "trials", "best", "created")
+        for sweep in api.sweeps(args.limit):
+            best = f"{sweep.best.value:.4g} (trial {sweep.best.trial})" if sweep.best else ""
+            table.add_row(
+                sweep.id,
+                sweep.name or "",
+                sweep.status,
+                f"{sum(sweep.counts.values())}/{sweep.n_trials}",
+                best,
+                sweep.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        out.print(table)
+        return 0
+    if args.action == "cancel":
+        sweep = api.cancel_sweep(args.sweep_id)
+        out.print(f"{sweep.id} cancelled: its unfinished trials are cancelled")
+        return 0
+    if args.json:
+        out.print_json(api.sweep(args.sweep_id).model_dump_json())
+        return 0
+    if args.watch:
+        return _watch_sweep(api, args.sweep_id)
+    out.print(_sweep_view(api.sweep(args.sweep_id)))
+    return 0
+
+
+def _watch_sweep(api: Client, sweep_id: str, poll_s: float = 2.0) -> int:
+    """A live table until the sweep ends; 0 when it finished with a best trial."""
+    sweep = api.sweep(sweep_id)
+    with Live(_sweep_view(sweep), console=out, refresh_per_second=2) as live:
+        while sweep.finished_at is None:
+            time.sleep(poll_s)
+            sweep = api.sweep(sweep_id)
+            live.update(_sweep_view(sweep))
+    return 0 if sweep.status == "finished" and sweep.best is not None else 1
+
+
+def _sweep_view(sweep: SweepPublic) -> Group:
+    """The sweep's header, its counts and best trial, and the table of trials (best marked)."""
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(sweep.counts.items()))
+    head = [
+        f"[bold]{sweep.id}[/bold]  {sweep.status}  {escape(sweep.name or '')}",
+        f"  trials    {counts or 'none yet'} (of {sweep.n_trials}); "
+        f"{sweep.metric.direction} {sweep.metric.name}",
+    ]
+    if sweep.waiting:
+        head.append(f"  waiting   {escape(sweep.waiting)}")
+    if sweep.best:
+        params = escape(", ".join(f"{k}={v}" for k, v in sweep.best.params.items()))
+        head.append(
+            f"  best      trial {sweep.best.trial} ({sweep.best.job_id}): "
+            f"{sweep.metric.name} {sweep.best.value:.4g} with {params}"
+        )
+    names = list(sweep.spec.space)
+    table = Table("#", "job", "status", *map(escape, names), sweep.metric.name, "reason")
+    best = sweep.best.trial if sweep.best else None
+    for trial in sweep.trials:
+        status = trial.status.value if trial.status else "waiting"
+        mark = " [green]*best*[/]" if trial.number == best else ""
+        table.add_row(
+            f"{trial.number}{mark}",
+            trial.job_id or "",
+            status,
+            *(_param(trial.params.get(n)) for n in names),
+            "" if trial.value is None else f"{trial.value:.4g}",
+            escape(trial.reason or ""),
+        )
+    return Group(*head, table)
+
+
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
 
 
 def cmd_artifacts(api: Client, args: argparse.Namespace) -> int:
@@ -474,6 +587,22 @@ def parser() -> argparse.ArgumentParser:
     )
     sm.set_defaults(run=cmd_sample)
     pr.set_defaults(run=cmd_predict)
+
+    sw = sub.add_parser("sweep", help="submit, show, list or cancel sweeps (many trials)")
+    swsub = sw.add_subparsers(dest="action", required=True)
+    sws = swsub.add_parser("submit", help="start a sweep from a JSON or YAML spec file")
+    sws.add_argument("file")
+    sws.add_argument("--idempotency-key", help="retry-safe: the same key returns the same sweep")
+    sws.add_argument("--watch", action="store_true", help="then show it live until it ends")
+    swshow = swsub.add_parser("show", help="a sweep: counts, best trial, the trial table")
+    swshow.add_argument("sweep_id")
+    swshow.add_argument("--watch", action="store_true", help="a live table until it ends")
+    swshow.add_argument("--json", action="store_true")
+    swc = swsub.add_parser("cancel", help="cancel a sweep and its unfinished trials")
+    swc.add_argument("sweep_id")
+    swl = swsub.add_parser("list", help="your sweeps, newest first")
+    swl.add_argument("--limit", type=int, default=20)
+    sw.set_defaults(run=cmd_sweep)
 
     d = sub.add_parser("datasets", help="upload or list data sets")
     dsub = d.add_subparsers(dest="action", required=True)

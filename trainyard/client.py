@@ -31,6 +31,9 @@ from shared.schemas import (
     PredictionsPublic,
     Readiness,
     SamplesPublic,
+    SweepPublic,
+    SweepSpec,
+    SweepsPublic,
 )
 
 # The local stack's addresses and token, written by `make up` (devstack), read from the cwd.
@@ -200,6 +203,45 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout:.0f}s")
             time.sleep(poll)
+
+    # --- sweeps (docs/sweeps.md): many trials of one base spec, each an ordinary job
+
+    def submit_sweep(
+        self, spec: SweepSpec | dict[str, Any], idempotency_key: str | None = None
+    ) -> SweepPublic:
+        """Start a sweep (POST /v1/sweeps); its trials are jobs tagged with its id."""
+        body = (
+            spec.model_dump(mode="json", exclude_unset=True)
+            if isinstance(spec, BaseModel)
+            else spec
+        )
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return SweepPublic.model_validate(
+            self._call("POST", "/v1/sweeps", json=body, headers=headers)
+        )
+
+    def sweep(self, sweep_id: str) -> SweepPublic:
+        """One sweep: counts by status, the best trial so far, every trial."""
+        return SweepPublic.model_validate(self._call("GET", f"/v1/sweeps/{sweep_id}"))
+
+    def sweeps(self, limit: int = 50) -> list[SweepPublic]:
+        """Your sweeps, newest first."""
+        return SweepsPublic.model_validate(
+            self._call("GET", "/v1/sweeps", params={"limit": limit})
+        ).data
+
+    def cancel_sweep(self, sweep_id: str) -> SweepPublic:
+        """No more trials; every trial not finished is cancelled."""
+        return SweepPublic.model_validate(self._call("POST", f"/v1/sweeps/{sweep_id}/cancel"))
+
+    def wait_sweep(self, sweep_id: str, timeout: float = 3600, poll: float = 1.0) -> SweepPublic:
+        """Poll until the sweep has ended (every trial finished); TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while (sweep := self.sweep(sweep_id)).finished_at is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id} still {sweep.status} after {timeout:.0f}s")
+            time.sleep(poll)
+        return sweep
 
     # --- artifacts
 

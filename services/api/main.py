@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,8 +15,9 @@ from services.api.limits import JSON, MULTIPART, BodyRule, RequestGuard
 from services.api.metrics import REGISTRY, JobsCollector, TimingMiddleware
 from services.api.planner import ApiPlanner
 from services.api.reconciler import Reconciler
-from services.api.routes import datasets, health, inference, jobs, ui
+from services.api.routes import datasets, health, inference, jobs, sweeps, ui
 from services.api.routes import workers as worker_routes
+from services.api.sweeps import Sweeps
 from shared.auth import TokenTable
 from shared.broker import BrokerQueues, make_celery
 from shared.catalog import DatasetCatalog
@@ -26,6 +28,7 @@ from shared.state.heartbeats import WorkerRegistry
 from shared.state.inference import InferenceRequests
 from shared.state.jobs import JobRegistry
 from shared.state.plans import PlanCache
+from shared.state.sweeps import SweepRegistry
 from shared.storage import S3ArtifactStore
 
 
@@ -58,13 +61,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             predict_slots=predict_slots(settings),
         )
+        app.state.sweeps = Sweeps(
+            app.state.services,
+            SweepRegistry(redis, settings.KEY_PREFIX, settings.REDIS_URL),
+            asyncio.get_running_loop(),
+        )
         broker = BrokerQueues(redis)
         collector = JobsCollector(registry, workers, broker, settings)
         REGISTRY.register(collector)
-        reconciler = Reconciler(app.state.services.planner, broker, celery, settings)
+        reconciler = Reconciler(
+            app.state.services.planner, broker, celery, settings, app.state.sweeps.driver
+        )
         reconciler.start()
         yield
         reconciler.stop()
+        app.state.sweeps.close()
         REGISTRY.unregister(collector)
         await aredis.aclose()
         redis.close()
@@ -80,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(inference.router)
+    app.include_router(sweeps.router)
     app.include_router(datasets.router)
     app.include_router(worker_routes.router)
     ui.mount(app)  # the dashboard at "/", after the API routes; not in the OpenAPI schema

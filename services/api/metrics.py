@@ -82,7 +82,7 @@ class JobsCollector(Collector):
         finished = CounterMetricFamily(
             "trainyard_jobs_finished", "Jobs that ended, by status", labels=["status"]
         )
-        for state in ("succeeded", "failed", "cancelled"):
+        for state in ("succeeded", "failed", "cancelled", "pruned"):
             finished.add_metric([state], stats.get(f"finished:{state}", 0))
         yield finished
         depth = GaugeMetricFamily(

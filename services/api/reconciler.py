@@ -7,6 +7,10 @@
   move and the send, or dropped as a duplicate while a dead worker's lease was still live):
   re-sent. A submission cannot lose it: the API creates the job and pushes its message in
   one Redis script.
+- every running sweep is advanced (shared/sweeps.py), on a thread of its own (a slow sweep
+  must not delay lease reclaims), every RECONCILE_INTERVAL_S: finished trials told to Optuna,
+  new trials queued as room appears in the owner's queue (each sweep for at most
+  PASS_BUDGET_S and `parallel` trials a pass), a finished sweep closed.
 - a `queued` job still waiting for its memory probe (accepted while being planned): routed
   (or failed) if the probe is cached, for the process that should have done it died; run
   unplanned past PLAN_TIMEOUT_S (see ApiPlanner.reconcile).
@@ -28,18 +32,28 @@ from shared.state.heartbeats import FORGET_AFTER_S
 from shared.state.jobs import ActiveJob
 from shared.state.records import status_event, utcnow
 from shared.status import JobStatus
+from shared.sweeps import SweepDriver
 
 log = logging.getLogger(__name__)
 
 
 class Reconciler:
     def __init__(
-        self, planner: ApiPlanner, broker: BrokerQueues, celery: Celery, settings: Settings
+        self,
+        planner: ApiPlanner,
+        broker: BrokerQueues,
+        celery: Celery,
+        settings: Settings,
+        sweeps: SweepDriver | None = None,
     ) -> None:
         self.planner, self.broker, self.celery, self.settings = planner, broker, celery, settings
+        self.sweeps = sweeps
         self.registry, self.workers = planner.registry, planner.workers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._sweep_thread = threading.Thread(
+            target=self._sweep_loop, name="reconciler-sweeps", daemon=True
+        )
 
     def pass_once(self) -> dict[str, list[str]]:
         """One pass; returns the job ids it reclaimed, re-sent and planned, and the workers it
@@ -90,10 +104,23 @@ class Reconciler:
 
     def start(self) -> None:
         self._thread.start()
+        if self.sweeps is not None:
+            self._sweep_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._sweep_thread.is_alive():
+            self._sweep_thread.join(timeout=5)
+
+    def _sweep_loop(self) -> None:
+        """Advance every running sweep (each under its own lock, so replicas share them)."""
+        assert self.sweeps is not None
+        while not self._stop.wait(self.settings.RECONCILE_INTERVAL_S):
+            try:
+                self.sweeps.advance_all()
+            except Exception:  # Redis restarting, say: try again next interval
+                log.exception("reconciler sweep pass failed")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.RECONCILE_INTERVAL_S):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fastapi.exceptions import RequestValidationError
 
@@ -24,10 +24,15 @@ from shared.zoo import BUILTIN_DATASETS, MODELS, DatasetInfo, fit_problem
 
 
 async def submit(
-    app: Services, spec: JobSpec, owner: str, idempotency_key: str | None
+    app: Services,
+    spec: JobSpec,
+    owner: str,
+    idempotency_key: str | None,
+    tags: dict[str, Any] | None = None,
 ) -> tuple[JobPublic, bool]:
     """Queue `spec` for `owner`; returns the job and whether it is a replay of an earlier
-    submission with the same Idempotency-Key (and body).
+    submission with the same Idempotency-Key (and body). `tags`: record fields a sweep's
+    trial carries (sweep_id, trial; services/api/sweeps.py).
 
     Errors (as API problems): 422 for an unknown data set, a model that cannot take its
     images, or a job no memory class can hold; 429 past MAX_QUEUED_PER_OWNER queued jobs or
@@ -58,6 +63,7 @@ async def submit(
             predicted_peak_cpu_bytes=routing.cpu_bytes,
             predicted_peak_gpu_bytes=routing.gpu_bytes,
             planning=routing.planning,
+            **(tags or {}),
         )
     except QueueFull as exc:
         raise ApiProblem(429, str(exc), headers={"Retry-After": "30"}) from exc

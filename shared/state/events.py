@@ -122,7 +122,7 @@ def _no_status_events(events: list[JobEvent]) -> None:
 
 
 def is_terminal(event: JobEvent) -> bool:
-    """A status event that ends the job (succeeded, failed, cancelled)."""
+    """A status event that ends the job (succeeded, failed, cancelled, pruned)."""
     return event.kind == "status" and event.info.get("status") in TERMINAL
 
 

@@ -157,3 +157,50 @@ class RedisKeys:
 def text(value: Any) -> str:
     """A Redis reply (bytes) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SweepKeys:
+    """Sweep key names, under the job keys' prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def sweep(self, sweep_id: str) -> str:
+        """HASH: the sweep record (SweepRecord)."""
+        return f"{self.prefix}:sweep:{sweep_id}"
+
+    def trials(self, sweep_id: str) -> str:
+        """HASH: trial number -> {number, job_id, params, value, state} (JSON)."""
+        return f"{self.prefix}:sweep:{sweep_id}:trials"
+
+    def trial_jobs(self, sweep_id: str) -> str:
+        """LIST: the trials' job ids, in the order they were created."""
+        return f"{self.prefix}:sweep:{sweep_id}:jobs"
+
+    def lock(self, sweep_id: str) -> str:
+        """STRING with a TTL: held while one process advances the sweep."""
+        return f"{self.prefix}:sweep:{sweep_id}:lock"
+
+    def study(self, sweep_id: str) -> str:
+        """The prefix of the sweep's Optuna journal (`{it}:log_number`, `{it}:log:N`)."""
+        return f"{self.prefix}:sweep:{sweep_id}:optuna"
+
+    def all(self) -> str:
+        """ZSET: every sweep id, scored by creation time (microseconds)."""
+        return f"{self.prefix}:sweeps"
+
+    def owner(self, owner: str) -> str:
+        """ZSET: an owner's sweep ids, scored by creation time."""
+        return f"{self.prefix}:owner:{owner}:sweeps"
+
+    def running(self) -> str:
+        """SET: sweeps not finished yet: what the reconciler advances."""
+        return f"{self.prefix}:sweeps:running"
+
+    def owner_running(self, owner: str) -> str:
+        """SET: an owner's sweeps not finished yet (SWEEP_MAX_RUNNING_PER_OWNER counts them)."""
+        return f"{self.prefix}:owner:{owner}:sweeps:running"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        """STRING {"digest", "sweep_id"}: an Idempotency-Key's first sweep."""
+        return f"{self.prefix}:idem-sweep:{owner}:{key}"

@@ -57,6 +57,9 @@ class JobRecord(BaseModel):
     fence: int | None = None  # that lease's fencing number
     cancel_requested: bool = False
     error: str | None = None
+    # sweeps (shared/sweeps.py): the sweep a trial belongs to and its trial number
+    sweep_id: str | None = None
+    trial: int | None = None
     warnings: list[HealthWarning] = []  # written by the lease holder with the warning's event
     result: dict[str, Any] | None = None
     # routing (shared/planning.py)

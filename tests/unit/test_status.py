@@ -4,15 +4,16 @@ import pytest
 
 from shared.status import IllegalTransition, JobStatus, can_transition, check_transition, sources_of
 
-Q, R, S, F, C = (
+Q, R, S, F, C, P = (
     JobStatus.QUEUED,
     JobStatus.RUNNING,
     JobStatus.SUCCEEDED,
     JobStatus.FAILED,
     JobStatus.CANCELLED,
+    JobStatus.PRUNED,
 )
 
-LEGAL = {(Q, R), (Q, C), (Q, F), (R, Q), (R, S), (R, F), (R, C)}
+LEGAL = {(Q, R), (Q, C), (Q, F), (R, Q), (R, S), (R, F), (R, C), (R, P)}
 
 
 @pytest.mark.parametrize("current", list(JobStatus))
@@ -26,7 +27,7 @@ def test_transition_table(current: JobStatus, target: JobStatus) -> None:
             check_transition(current, target)
 
 
-@pytest.mark.parametrize("status", [S, F, C])
+@pytest.mark.parametrize("status", [S, F, C, P])
 def test_terminal_states_cannot_be_left(status: JobStatus) -> None:
     assert status.is_terminal()
     assert not any(can_transition(status, t) for t in JobStatus)
