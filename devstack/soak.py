@@ -37,6 +37,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     overrides = {
         "TRAINYARD_LEASE_TTL_S": "3",
+        "TRAINYARD_PACK_GATHER_S": "0.5",  # below a third of the lease TTL
         "TRAINYARD_RECONCILE_INTERVAL_S": "1",
         "TRAINYARD_RECONCILE_GRACE_S": "3",
         "TRAINYARD_MAX_ATTEMPTS": str(args.kills + 5),

@@ -105,6 +105,27 @@ class Settings(BaseSettings):
     WORKER_MEMORY_CLASS: str | None = None
     # Test-only: lets tests inject crashes and OOMs into a job (never enable in production).
     FAULT_INJECTION: bool = False
+    # Sweeps: a worker that takes a trial also claims queued trials of the same sweep and pack
+    # key (shared/packing.py) and trains them as one fused pack (workers/trainer/pack.py): at
+    # most this many, and only as many as the memory planner predicts fit this worker.
+    PACK_MAX_TRIALS: int = Field(16, ge=1, le=256, description="Most trials trained as one pack")
+    # How a pack steps (docs/packing.md): "fused" (one vmapped model array), "loop" (each
+    # trial's own step in turn, exactly solo), or "auto": fused on CUDA, loop on a CPU, where
+    # bench/pack.py measured the loop faster.
+    PACK_EXECUTOR: Literal["auto", "fused", "loop"] = "auto"
+    # A worker that takes a trial while its sweep is still queueing the others (the sweep's
+    # lock is held) waits up to this long before it claims, so a wave packs whole.
+    PACK_GATHER_S: float = Field(
+        2.0, ge=0, le=60, description="How long a trial waits for its siblings to be queued"
+    )
+    # Sweeps (docs/sweeps.md): the most trials one sweep may ask for (POST /v1/sweeps' n_trials).
+    SWEEP_MAX_TRIALS: int = Field(
+        256, ge=1, le=10_000, description="Most trials in one sweep (n_trials past it: a 422)"
+    )
+    # Sweeps one owner may have running at once (POST /v1/sweeps past it: a 429).
+    SWEEP_MAX_RUNNING_PER_OWNER: int = Field(
+        10, ge=1, le=10_000, description="Running sweeps per owner (one more: a 429)"
+    )
 
     # Worker CPU sizing (workers/trainer/cpu.py): cores this worker may use, shared by its
     # Celery pool processes; unset: the cgroup CPU limit, else the CPUs it may run on.
@@ -227,6 +248,12 @@ class Settings(BaseSettings):
                 f"TRAINYARD_INFERENCE_TIMEOUT_S ({self.INFERENCE_TIMEOUT_S:g}) must be below "
                 f"TRAINYARD_INFERENCE_RESULT_TTL_S ({self.INFERENCE_RESULT_TTL_S}): a request "
                 "would expire (404) before it could time out (504)"
+            )
+        if self.PACK_GATHER_S >= self.LEASE_TTL_S / 3:
+            raise ValueError(
+                f"TRAINYARD_PACK_GATHER_S ({self.PACK_GATHER_S:g}) must be below a third of "
+                f"TRAINYARD_LEASE_TTL_S ({self.LEASE_TTL_S:g}): a trial's lease is not renewed "
+                "while its worker gathers the pack"
             )
         return self
 

@@ -5,6 +5,7 @@ lease and turns cancel requests, worker drains and a lost lease into the run's s
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -20,19 +21,24 @@ from shared import planning
 from shared.catalog import DatasetCatalog
 from shared.config import Settings, connect_redis
 from shared.logs import current_job
+from shared.packing import pack_key
 from shared.planning import GIB
-from shared.schemas import JobEvent, JobSpec
+from shared.schemas import JobEvent, JobSpec, JobSummary
 from shared.state.events import EventStream
 from shared.state.heartbeats import WorkerRegistry
 from shared.state.jobs import JobRegistry
 from shared.state.leases import Lease, LeaseLost
 from shared.state.plans import PlanCache
-from shared.state.records import JobRecord, encode, status_event, utcnow
+from shared.state.records import JobNotFound, JobRecord, encode, status_event, utcnow
+from shared.state.sweeps import SweepRegistry
 from shared.status import IllegalTransition, JobStatus
 from shared.storage import S3ArtifactStore
+from shared.sweeps import TrialReporter
 from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.fit import fit
+from workers.trainer.memory import pick_device
 from workers.trainer.monitor import Diverged
+from workers.trainer.pack import Executor, fit_pack
 from workers.trainer.probe import probe
 from workers.trainer.run import JobStopped, Run, StopReason
 
@@ -49,6 +55,7 @@ class LeasedRun(Run):
         self.executor, self.lease, self.faults = executor, lease, faults
         self.attempt = lease.attempt
         self.warnings = list(job.warnings)  # an earlier attempt's are kept, not raised again
+        self.record = job
 
     def _publish(self, events: list[JobEvent]) -> None:
         progress = {"step": str(events[-1].step), "epoch": str(events[-1].epoch)}
@@ -87,13 +94,31 @@ class LeasedRun(Run):
         if reason == "lease_lost" or self.stop_reason is None:
             self.stop_reason = reason
 
+    def evaluated(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """A sweep's trial: report the epoch's metric to the sweep's pruner (shared/sweeps.py);
+        if it says prune, stop before the next step and end `pruned` with its reason."""
+        job = self.record
+        if job.sweep_id is None or job.trial is None or self.stop_reason is not None:
+            return
+        try:
+            reason = self.executor.trials.evaluated(job, step, epoch, metrics)
+        except Exception:  # pruning is advice: never let it stop training
+            log.exception("job %s: could not report to its sweep", self.job_id)
+            return
+        if reason is not None:
+            log.info("job %s: %s", self.job_id, reason)
+            self.request_stop("pruned")
+            if self.stop_reason == "pruned":
+                self.stop_detail = reason
+
 
 class LeaseKeeper:
     """A thread beside the training loop: renews the lease every TTL/3 and listens for the
-    job's cancel and the worker's drain (pub/sub, with the Redis record as a backstop)."""
+    job's cancel and the worker's drain (pub/sub, with the Redis record as a backstop). In a
+    pack each trial has its own keeper; only the first (`marks_busy`) names the worker's job."""
 
-    def __init__(self, executor: JobExecutor, run: LeasedRun) -> None:
-        self.executor, self.run = executor, run
+    def __init__(self, executor: JobExecutor, run: LeasedRun, marks_busy: bool = True) -> None:
+        self.executor, self.run, self.marks_busy = executor, run, marks_busy
         self.signals = executor.registry.signals(run.job_id, executor.worker)
         self._done = threading.Event()
         self._thread = threading.Thread(
@@ -107,6 +132,8 @@ class LeaseKeeper:
         return self
 
     def _busy(self, job_id: str | None) -> None:
+        if not self.marks_busy:
+            return
         self.executor.workers.set_busy(
             self.executor.worker, job_id, self.executor.settings.LEASE_TTL_S
         )
@@ -138,6 +165,8 @@ class LeaseKeeper:
                 time.sleep(0.5)
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._done.is_set():  # a pack's trial: stopped when it left, not again at the end
+            return
         self._done.set()
         self._thread.join(timeout=5)
         self.signals.close()
@@ -158,7 +187,9 @@ class JobExecutor:
         self.workers = WorkerRegistry(redis, settings.KEY_PREFIX)
         self.store = S3ArtifactStore.from_settings(settings)
         self.catalog = DatasetCatalog(redis, self.store, settings.KEY_PREFIX, settings)
-        self.current: LeasedRun | None = None
+        self.sweeps = SweepRegistry(redis, settings.KEY_PREFIX, settings.REDIS_URL)
+        self.trials = TrialReporter(self.sweeps)  # a sweep's trials report to its pruner
+        self.runs: list[LeasedRun] = []  # what this process trains now: one job, or a pack
 
     def run(self, job_id: str) -> JobStatus:
         """Train the job if this worker can take it; returns the job's status afterwards."""
@@ -174,46 +205,169 @@ class JobExecutor:
             return JobStatus.RUNNING if got.outcome == "held" else JobStatus.FAILED
         lease, job = got.lease, self.registry.get(job_id)
         log.info("job started: attempt %d, fence %d", lease.attempt, lease.fence)
-        faults = load_plan(self.registry, job, lease.attempt) if s.FAULT_INJECTION else None
-        self.current = run = LeasedRun(self, lease, job, faults)
-        run.predicted_peak_bytes = self._predicted(job)
+        pack = [(lease, job), *self._claim_pack(job)]
+        if len(pack) > 1:
+            return self._run_pack(pack)
+        self.runs = [run := self._leased_run(lease, job)]
+        outcome: JobSummary | Exception
         try:
             with LeaseKeeper(self, run):
-                summary = fit(job.spec, run, job.micro_batch_size)
-        except JobStopped as stop:
-            return self._after_stop(lease, stop)
-        except LeaseLost as exc:
-            log.warning("job %s: %s; another worker owns it now", job_id, exc)
-            return JobStatus.RUNNING
-        except torch.OutOfMemoryError as exc:
-            return self._after_oom(lease, job, exc)
-        except Diverged as exc:  # deterministic: a retry would diverge again
-            log.error("job %s: %s", job_id, exc)
-            return self._end(lease, JobStatus.FAILED, error=str(exc))
+                outcome = fit(job.spec, run, job.micro_batch_size)
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            return self._end(lease, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            outcome = exc
         finally:
-            self.current = None
-        memory = summary.memory
-        return self._end(
-            lease,
-            JobStatus.SUCCEEDED,
-            result=summary.model_dump(mode="json"),
-            measured_peak_bytes=memory.peak_step_tensor_bytes or "",
-            memory_prediction_error=memory.prediction_error
-            if memory.prediction_error is not None
-            else "",
+            self.runs = []
+        return self._settle(lease, job, outcome)
+
+    def _leased_run(self, lease: Lease, job: JobRecord) -> LeasedRun:
+        faults = (
+            load_plan(self.registry, job, lease.attempt) if self.settings.FAULT_INJECTION else None
         )
+        run = LeasedRun(self, lease, job, faults)
+        run.predicted_peak_bytes = self._predicted(job)
+        return run
+
+    def _claim_pack(self, job: JobRecord) -> list[tuple[Lease, JobRecord]]:
+        """For a sweep's trial: take the leases of queued trials of the same sweep, pack key
+        and queue, up to the pack width; their queue messages find them held, and skip them.
+        A trial claimed here and lost with this worker is resumed as any running job is."""
+        key = pack_key(job.spec)
+        if job.sweep_id is None or key is None or job.micro_batch_size:
+            return []
+        width, s = self._pack_width(job), self.settings
+        gather_until = time.monotonic() + s.PACK_GATHER_S
+        while self.sweeps.advancing(job.sweep_id) and time.monotonic() < gather_until:
+            time.sleep(0.05)  # its sweep is queueing trials now: let the wave land first
+        claimed: list[tuple[Lease, JobRecord]] = []
+        for trial_id in self.sweeps.trial_jobs(job.sweep_id):
+            if len(claimed) + 1 >= width:
+                break
+            try:
+                trial = self.registry.get(trial_id)
+            except JobNotFound:
+                continue
+            if (
+                trial.id == job.id
+                or trial.status != JobStatus.QUEUED
+                or trial.queue != job.queue
+                or trial.micro_batch_size
+                or pack_key(trial.spec) != key
+            ):
+                continue
+            got = self.registry.leases.acquire(trial_id, self.worker, s.LEASE_TTL_S, s.MAX_ATTEMPTS)
+            if got.lease is not None:
+                claimed.append((got.lease, self.registry.get(trial_id)))
+        return claimed
+
+    def _pack_width(self, job: JobRecord) -> int:
+        """How many trials of this shape fit this worker at once: its memory class's share
+        (or the memory free now) over one trial's predicted peak, capped by PACK_MAX_TRIALS.
+        (A trial whose pack ran out of memory trains alone from then on: see _settle.)"""
+        cap = self.settings.PACK_MAX_TRIALS
+        per_trial = self._predicted(job)
+        if not per_trial:
+            return cap
+        return max(1, min(cap, self._class_budget() // per_trial))
+
+    def _class_budget(self) -> int:
+        """Bytes this worker plans with: its memory class's share, else what is free now."""
+        name = self.settings.WORKER_MEMORY_CLASS
+        for klass in planning.parse_classes(self.settings.MEMORY_CLASSES):
+            if klass.name == name:
+                return int(klass.bytes * self.settings.MEMORY_HEADROOM)
+        return self._memory_budget()
+
+    def _run_pack(self, trials: list[tuple[Lease, JobRecord]]) -> JobStatus:
+        """Train several trials as one pack (workers/trainer/pack.py). Each trial ends on its
+        own record as it leaves the pack (done, cancelled, pruned, failed), exactly as it would
+        alone, while the others go on. Returns the first trial's status."""
+        log.info("training a pack of %d trials: %s", len(trials), [j.id for _, j in trials])
+        self.runs = runs = [self._leased_run(lease, job) for lease, job in trials]
+        for run in runs:  # the meter measures the pack's peak: compare it with K trials'
+            if run.predicted_peak_bytes:
+                run.predicted_peak_bytes *= len(trials)
+        keepers = [LeaseKeeper(self, run, marks_busy=i == 0) for i, run in enumerate(runs)]
+        statuses: dict[int, JobStatus] = {}
+
+        def leave(i: int, outcome: JobSummary | BaseException) -> None:
+            if i in statuses:
+                return
+            if keepers[i].marks_busy:  # another trial's keeper names the worker's job now
+                keepers[i].marks_busy = False
+                rest = [k for j, k in enumerate(keepers) if j != i and j not in statuses]
+                if rest:
+                    rest[0].marks_busy = True
+            keepers[i].__exit__(None, None, None)
+            lease, job = trials[i]
+            statuses[i] = self._settle(lease, job, outcome, pack=len(trials))
+
+        specs = [job.spec for _, job in trials]
+        try:
+            with contextlib.ExitStack() as stack:
+                for keeper in keepers:
+                    stack.enter_context(keeper)
+                fit_pack(specs, runs, executor=self._pack_executor(specs[0]), on_leave=leave)
+        except Exception as exc:  # the pack as a whole (its data set, say): every trial left
+            for i in range(len(trials)):
+                leave(i, exc)
+        finally:
+            self.runs = []
+        return statuses[0]
+
+    def _pack_executor(self, spec: JobSpec) -> Executor:
+        """PACK_EXECUTOR, with "auto" as measured (bench/pack.py): fused on CUDA, else loop."""
+        chosen = self.settings.PACK_EXECUTOR
+        if chosen != "auto":
+            return chosen
+        return "fused" if pick_device(spec.device).type == "cuda" else "loop"
+
+    def _settle(
+        self, lease: Lease, job: JobRecord, outcome: JobSummary | BaseException, pack: int = 1
+    ) -> JobStatus:
+        """End one job's run on its record: what fit() returned or raised."""
+        if isinstance(outcome, JobSummary):
+            memory = outcome.memory
+            return self._end(
+                lease,
+                JobStatus.SUCCEEDED,
+                result=outcome.model_dump(mode="json"),
+                measured_peak_bytes=memory.peak_step_tensor_bytes or "",
+                memory_prediction_error=memory.prediction_error
+                if memory.prediction_error is not None
+                else "",
+            )
+        if isinstance(outcome, JobStopped):
+            return self._after_stop(lease, outcome)
+        if isinstance(outcome, LeaseLost):
+            log.warning("job %s: %s; another worker owns it now", job.id, outcome)
+            return JobStatus.RUNNING
+        if isinstance(outcome, torch.OutOfMemoryError):
+            if pack > 1:  # too wide: this trial trains alone from now on (a micro-batch of its
+                # whole batch is the same training, and is never packed), wherever it resumes;
+                # out of memory alone, it gets the planner's micro-batch as any job does
+                return self._requeue(
+                    lease,
+                    f"out of memory in a pack of {pack} trials: it trains alone from here",
+                    micro_batch_size=job.spec.batch_size,
+                )
+            return self._after_oom(lease, job, outcome)
+        if isinstance(outcome, Diverged):  # deterministic: a retry would diverge again
+            log.error("job %s: %s", job.id, outcome)
+            return self._end(lease, JobStatus.FAILED, error=str(outcome))
+        log.error("job %s failed", job.id, exc_info=outcome)
+        return self._end(lease, JobStatus.FAILED, error=f"{type(outcome).__name__}: {outcome}")
 
     def drain(self) -> None:
-        """SIGTERM in this process: hand the running job back at its next step."""
-        if self.current is not None:
-            self.current.request_stop("shutdown")
+        """SIGTERM in this process: hand the running job (or pack) back at its next step."""
+        for run in self.runs:
+            run.request_stop("shutdown")
 
     def _after_stop(self, lease: Lease, stop: JobStopped) -> JobStatus:
         if stop.reason == "cancel":
             return self._end(lease, JobStatus.CANCELLED, step=stop.step)
+        if stop.reason == "pruned":  # by its sweep's pruner (LeasedRun.evaluated)
+            reason = stop.detail or "pruned by its sweep"
+            return self._end(lease, JobStatus.PRUNED, step=stop.step, error=reason)
         if stop.reason == "shutdown":  # checkpointed at this step: requeue for another worker
             return self._requeue(lease, "worker shutting down", requeues=1)
         return JobStatus.RUNNING  # lease lost: nothing of ours to write
