@@ -22,6 +22,7 @@ def test_the_page_and_its_files_are_served_with_a_strict_csp(base_url: str) -> N
         "job.js",
         "dom.js",
         "inference.js",
+        "sweeps.js",
     ):
         response = httpx.get(f"{base_url}/{name}")
         assert response.status_code == 200, name

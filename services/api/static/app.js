@@ -1,12 +1,15 @@
 // The dashboard's entry point: sign-in, sign-out and the hash routes
 //   #/            the job list (?status=&task=&limit=)
 //   #/jobs/{id}   one job
+//   #/sweeps      the caller's sweeps
+//   #/sweeps/{id} one sweep: its trials, the metric against each parameter, curves
 // Each route gets an AbortController; leaving the route aborts its requests, streams and timers.
 
 import { ApiError, api, clearToken, getToken, onUnauthorized, setToken } from "./api.js";
 import { fromTemplate, say } from "./dom.js";
 import { renderJob } from "./job.js";
 import { renderJobs } from "./jobs.js";
+import { renderSweep, renderSweeps } from "./sweeps.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -42,6 +45,8 @@ function route() {
   const view = document.createElement("div");
   main.replaceChildren(view);
   if (parts[0] === "jobs" && parts[1]) renderJob(view, parts[1], current.signal);
+  else if (parts[0] === "sweeps" && parts[1]) renderSweep(view, parts[1], current.signal);
+  else if (parts[0] === "sweeps") renderSweeps(view, current.signal);
   else renderJobs(view, params, current.signal);
 }
 

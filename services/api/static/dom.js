@@ -72,7 +72,7 @@ export function formatTime(iso) {
   return sameDay ? when.toLocaleTimeString() : when.toLocaleString();
 }
 
-export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 /** A status badge; the class colours it, the text says it. */
 export function statusBadge(status) {

@@ -171,8 +171,8 @@ class JobList {
       if (job.cancel_requested) return ["cancelling…"];
       return [runningEta(job, this.rates.get(job.id))];
     }
-    if (job.status === "failed") {
-      const text = truncate(job.error, 90);
+    if (job.status === "failed" || (job.status === "pruned" && job.error)) {
+      const text = truncate(job.error, 90); // a pruned trial: the rule and the step
       return [el("span", { class: "error-text", title: job.error || "", text })];
     }
     if (job.status === "succeeded") return [succeededOutcome(job)];
