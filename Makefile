@@ -86,6 +86,14 @@ bench: install
 	-$(PY) -m bench.gpu_speed
 	-$(PY) -m bench.gpu_memory_check
 
+# bench/sweep.py: a sweep packed by trainyard vs 16 jobs vs Ray Tune vs bare loops. Ray lives
+# in a bench-only environment, .venv-bench (bench/ray_env.sh), never in .venv, `make test` or CI.
+.PHONY: bench-sweep
+bench-sweep: install
+	bash bench/ray_env.sh
+	$(PY) -m bench.sweep
+	$(PY) -m bench.sweep --model conv_gan --trials 4
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy trainyard shared services workers devstack tests bench
