@@ -42,6 +42,20 @@ def alice_dataset(as_user: dict[str, Client], tmp_path_factory: pytest.TempPathF
 
 
 UNKNOWN_REQUEST = "0" * 32  # an inference request id nobody made
+# One trial of TINY: a valid sweep, so what is left to check is who asks.
+SWEEP = {
+    "base": TINY,
+    "space": {"lr": {"type": "choice", "values": [1e-3]}},
+    "n_trials": 1,
+    "sampler": "random",
+}
+
+
+@pytest.fixture(scope="module")
+def alice_sweep(as_user: dict[str, Client]) -> str:
+    return as_user["alice"].submit_sweep(SWEEP).id
+
+
 _buf = io.BytesIO()
 np.savez(_buf, x=np.zeros((1, 28, 28), np.uint8))
 DIGIT_NPZ = _buf.getvalue()
@@ -66,14 +80,21 @@ def _call(
     token: str | None,
     job: str,
     dataset: str,
+    sweep: str,
 ) -> httpx.Response:
     url = stack.config.api_url + path.format(
-        job_id=job, dataset_id=dataset, path="summary.json", request_id=UNKNOWN_REQUEST
+        job_id=job,
+        dataset_id=dataset,
+        sweep_id=sweep,
+        path="summary.json",
+        request_id=UNKNOWN_REQUEST,
     )
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     kwargs: dict[str, Any] = {}
     if path == "/v1/jobs" and method == "POST":
         kwargs["json"] = TINY
+    if path == "/v1/sweeps" and method == "POST":
+        kwargs["json"] = SWEEP
     if path.endswith("/samples"):
         kwargs["json"] = {"n": 1}  # a valid body: what is left to check is the job
     if path.endswith("/predict"):
@@ -96,7 +117,7 @@ class Who:
 
 
 def test_every_route_enforces_auth_and_isolation(
-    stack: Stack, alice_job: str, alice_dataset: str
+    stack: Stack, alice_job: str, alice_dataset: str, alice_sweep: str
 ) -> None:
     cases = [
         Who("no token", None, {401}),
@@ -108,9 +129,9 @@ def test_every_route_enforces_auth_and_isolation(
     routes = _routes(stack)
     assert len(routes) >= 10
     for method, path in routes:
-        own_object = "{job_id}" in path or "{dataset_id}" in path
+        own_object = any(f"{{{name}}}" in path for name in ("job_id", "dataset_id", "sweep_id"))
         for who in cases:
-            response = _call(stack, method, path, who.token, alice_job, alice_dataset)
+            response = _call(stack, method, path, who.token, alice_job, alice_dataset, alice_sweep)
             allowed = (
                 who.expect
                 if own_object or who.token is None or who.name == "bad token"
