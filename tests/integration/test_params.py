@@ -282,6 +282,7 @@ def test_every_405_says_what_is_allowed(document: dict[str, Any], stack: Stack) 
         "dataset_id": "ds-0123456789abcdef",
         "path": "a/b.json",
         "request_id": "0" * 32,
+        "sweep_id": "sw-0123456789abcdef",
     }
     token = {"Authorization": f"Bearer {USERS['fuzz']}"}
     for path, operations in document["paths"].items():

@@ -28,6 +28,7 @@ from shared.sweeps import (
     trial_spec,
     trials_to_run,
 )
+from tests.conftest import run_async
 
 BASE = {"task": "classifier", "max_steps": 5}
 
@@ -553,4 +554,4 @@ def test_the_api_advances_sweeps_on_a_pool_of_its_own() -> None:
         finally:
             api.close()
 
-    assert asyncio.run(main()).startswith("sweep-driver")
+    assert run_async(main()).startswith("sweep-driver")
