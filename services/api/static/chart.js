@@ -15,14 +15,14 @@ function formatTick(v) {
   return Math.abs(v) >= 1e5 ? v.toExponential(1) : String(Number(v.toPrecision(6)));
 }
 
-function svg(tag, attrs = {}) {
+export function svg(tag, attrs = {}) {
   const node = document.createElementNS(SVG, tag);
   for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
   return node;
 }
 
 /** Round tick values spanning [lo, hi]: steps of 1, 2 or 5 times a power of ten. */
-function ticks(lo, hi, count = 4) {
+export function ticks(lo, hi, count = 4) {
   if (hi <= lo) return [lo];
   const raw = (hi - lo) / count;
   const power = 10 ** Math.floor(Math.log10(raw));

@@ -4,11 +4,10 @@
 // A sweep that is not finished is polled every POLL_MS; so are its ticked, unfinished trials.
 
 import { api, jobPath, query } from "./api.js";
-import { LineChart } from "./chart.js";
+import { LineChart, svg, ticks as linearTicks } from "./chart.js";
 import { TERMINAL, el, formatNumber, formatTime, fromTemplate, say, statusBadge } from "./dom.js";
 
 const POLL_MS = 2000;
-const SVG = "http://www.w3.org/2000/svg";
 const PLOT = { width: 300, height: 190, top: 10, right: 12, bottom: 34, left: 50 };
 
 // --- reading a sweep (SweepPublic): tolerant of where its spec's fields sit
@@ -498,12 +497,6 @@ function truncate(text, length) {
 
 // --- scatter plots (inline SVG, as chart.js draws lines)
 
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
-  return node;
-}
-
 function svgText(attrs, text) {
   const node = svg("text", attrs);
   node.textContent = text;
@@ -516,18 +509,6 @@ function svgTitle(text) {
   return node;
 }
 
-/** Round ticks spanning [lo, hi]: steps of 1, 2 or 5 times a power of ten. */
-function linearTicks(lo, hi, count = 4) {
-  if (hi <= lo) return [lo];
-  const raw = (hi - lo) / count;
-  const power = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
-  const out = [];
-  for (let k = Math.ceil(lo / step); k * step <= hi + step * 1e-9; k += 1) {
-    out.push(Number((k * step).toPrecision(12)));
-  }
-  return out;
-}
 
 /** Powers of ten in [lo, hi] (both > 0); the ends themselves when none falls inside. */
 function logTicks(lo, hi) {
