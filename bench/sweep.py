@@ -119,8 +119,12 @@ def grid(trials: int, plan: ModelPlan) -> tuple[list[float], list[int]]:
     return list(plan.lrs[start : start + n_lr]), list(range(trials // n_lr))
 
 
-def base_spec(model: str, epochs: int, max_steps: int | None) -> JobSpec:
+def base_spec(
+    model: str, epochs: int, max_steps: int | None, batch_size: int | None = None
+) -> JobSpec:
     common: dict[str, Any] = {"model": model, "epochs": epochs, "max_steps": max_steps}
+    if batch_size:
+        common["batch_size"] = batch_size
     return ClassifierSpec(**common) if model == "book_cnn" else GanSpec(**common)
 
 
@@ -498,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=None, help="16 (book_cnn), 4 (conv_gan)")
     parser.add_argument("--epochs", type=int, default=None, help="10 (book_cnn), 1 (conv_gan)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap each trial's steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: fast mode's")
     parser.add_argument("--only", default=",".join(ROWS), help="rows to run: " + ",".join(ROWS))
     parser.add_argument("--ray-cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--ray-child", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -512,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     trials = args.trials or (16 if args.model == "book_cnn" else 4)
     epochs = args.epochs or plan.epochs
     lrs, seeds = grid(trials, plan)
-    base = base_spec(args.model, epochs, args.max_steps)
+    base = base_spec(args.model, epochs, args.max_steps, args.batch_size)
     specs = trial_specs(base, lrs, seeds)
     steps = f", at most {args.max_steps} steps" if args.max_steps else ""
     title = (

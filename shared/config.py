@@ -109,9 +109,10 @@ class Settings(BaseSettings):
     # key (shared/packing.py) and trains them as one fused pack (workers/trainer/pack.py): at
     # most this many, and only as many as the memory planner predicts fit this worker.
     PACK_MAX_TRIALS: int = Field(16, ge=1, le=256, description="Most trials trained as one pack")
-    # How a pack steps (docs/packing.md): "fused" (one vmapped model array), "loop" (each
-    # trial's own step in turn, exactly solo), or "auto": fused on CUDA, loop on a CPU, where
-    # bench/pack.py measured the loop faster.
+    # How a pack steps (docs/packing.md): "fused" (one vmapped model array, one stacked Adam),
+    # "loop" (each trial's own step in turn, exactly solo), or "auto": the first steps of each
+    # set of trials time both and the faster is kept (fused wins on a GPU and at small batches
+    # on a CPU; bench/pack.py).
     PACK_EXECUTOR: Literal["auto", "fused", "loop"] = "auto"
     # A worker that takes a trial while its sweep is still queueing the others (the sweep's
     # lock is held) waits up to this long before it claims, so a wave packs whole.

@@ -16,7 +16,8 @@ from shared.storage import LocalArtifactStore
 from workers.trainer import checkpoint
 from workers.trainer.data import Batches, load_dataset
 from workers.trainer.fit import fit
-from workers.trainer.pack import fit_pack, gan_step
+from workers.trainer.fused import FusedPack
+from workers.trainer.pack import Executor, fit_pack
 from workers.trainer.recipes import FAST_TRICKS, GanRecipe, GanTricks, make_recipe
 from workers.trainer.run import JobStopped, LocalRun, Run, StopReason
 
@@ -89,7 +90,8 @@ class StopAt(LocalRun):
         return super().should_stop(step)
 
 
-def test_a_fused_book_cnn_trial_equals_its_solo_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["fused", "auto"])
+def test_a_fused_book_cnn_trial_equals_its_solo_run(tmp_path: Path, executor: Executor) -> None:
     """K=4, different lrs and seeds, 112 steps on mnist-5k: every weight (and BatchNorm
     statistic) of every trial within 1e-4 relative of its solo run (measured: 1e-6 to 1e-5).
 
@@ -101,7 +103,7 @@ def test_a_fused_book_cnn_trial_equals_its_solo_run(tmp_path: Path) -> None:
     itself with one weight moved by one rounding step (docs/packing.md)."""
     specs = trials(DIGITS, [1e-3, 3e-3, 1e-3, 3e-3], seeds=[1, 2, 5, 1])
     packed = runs(tmp_path, 4)
-    outcomes = fit_pack(specs, packed, executor="fused")
+    outcomes = fit_pack(specs, packed, executor=executor)  # auto: both, then the faster
     assert all(isinstance(o, JobSummary) and o.steps == 112 for o in outcomes)
     for i in range(4):
         assert rel(final(packed[i]), solo(specs[i], tmp_path, f"solo{i}")) < 1e-4
@@ -279,8 +281,9 @@ def test_fused_gan_steps_draw_each_trials_augmentation_from_its_own_generator() 
         next(Batches(data.train_x, r.train_labels, 16, s.seed).epoch(0))
         for r, s in zip(alone, specs, strict=True)
     ]
+    pack = FusedPack(packed)
     for _ in range(3):
-        fused = gan_step(packed, [x for x, _ in batches], [y for _, y in batches])
+        fused = pack.step([x for x, _ in batches], [y for _, y in batches])
         for r, (x, y), mine in zip(alone, batches, fused, strict=True):
             theirs = r.train_step(x, y)
             assert all(float(mine[k]) == pytest.approx(float(theirs[k]), rel=1e-4) for k in theirs)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from shared.schemas import JobSpec, JobSummary
+from workers.trainer import checkpoint
 from workers.trainer.data import Batches, load_dataset
 from workers.trainer.memory import MemoryMeter, pick_device
 from workers.trainer.monitor import Monitor
@@ -160,7 +161,7 @@ def _write_results(
 ) -> None:
     """final/model.pt and best.pt, reports (confusion matrix), memory.json (+ the CUDA
     table), summary."""
-    run.put_model(recipe.export())
+    run.put_model(checkpoint.snapshot(recipe.export()))  # compact: a pack's weights are views
     if (best := monitor.best_model()) is not None:
         run.put_best(best)
     for name, (payload, content_type) in recipe.reports().items():

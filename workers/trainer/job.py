@@ -36,9 +36,8 @@ from shared.storage import S3ArtifactStore
 from shared.sweeps import TrialReporter
 from workers.trainer.faults import FaultPlan, load_plan
 from workers.trainer.fit import fit
-from workers.trainer.memory import pick_device
 from workers.trainer.monitor import Diverged
-from workers.trainer.pack import Executor, fit_pack
+from workers.trainer.pack import fit_pack
 from workers.trainer.probe import probe
 from workers.trainer.run import JobStopped, Run, StopReason
 
@@ -306,20 +305,13 @@ class JobExecutor:
             with contextlib.ExitStack() as stack:
                 for keeper in keepers:
                     stack.enter_context(keeper)
-                fit_pack(specs, runs, executor=self._pack_executor(specs[0]), on_leave=leave)
+                fit_pack(specs, runs, executor=self.settings.PACK_EXECUTOR, on_leave=leave)
         except Exception as exc:  # the pack as a whole (its data set, say): every trial left
             for i in range(len(trials)):
                 leave(i, exc)
         finally:
             self.runs = []
         return statuses[0]
-
-    def _pack_executor(self, spec: JobSpec) -> Executor:
-        """PACK_EXECUTOR, with "auto" as measured (bench/pack.py): fused on CUDA, else loop."""
-        chosen = self.settings.PACK_EXECUTOR
-        if chosen != "auto":
-            return chosen
-        return "fused" if pick_device(spec.device).type == "cuda" else "loop"
 
     def _settle(
         self, lease: Lease, job: JobRecord, outcome: JobSummary | BaseException, pack: int = 1

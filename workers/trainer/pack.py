@@ -28,22 +28,20 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call, vmap
-from torch.nn import functional as F
+from torch import Tensor
 
 from shared.packing import pack_key
 from shared.schemas import JobSpec, JobSummary
 from workers.trainer.clusters import Clusters
 from workers.trainer.data import Batches, ImageData, load_dataset
 from workers.trainer.fit import _announce, _resume, _state, finish
+from workers.trainer.fused import FusedPack, Losses
 from workers.trainer.memory import MemoryMeter, pick_device
 from workers.trainer.monitor import Monitor
-from workers.trainer.recipes import ClassifierRecipe, GanRecipe, Recipe, make_recipe
+from workers.trainer.recipes import Recipe, make_recipe
 from workers.trainer.run import Run
 
-Executor = Literal["fused", "loop"]
-Losses = dict[str, Tensor]
+Executor = Literal["auto", "fused", "loop"]
 
 
 def fit_pack(
@@ -84,23 +82,24 @@ def fit_pack(
                 continue
             clusters = getattr(trials[i].recipe, "clusters", None)
         active = {i: t for i, t in trials.items() if t.start()}
-        while active:
-            groups: dict[int, list[tuple[_Trial, Tensor, Tensor]]] = {}
-            for trial in active.values():
-                x, y = trial.next_batch()
-                groups.setdefault(len(x), []).append((trial, x, y))
-            for group in groups.values():
-                live = partial(_live_state, [t for t, _, _ in group])
-                with meter.first_step(live) as measured:
+        stepper = _Stepper(executor, device)
+        try:
+            while active:
+                members = list(active.values())
+                batches = [trial.next_batch() for trial in members]
+                stepper.prepare(members, batches)  # outside the first step's measurement
+                with meter.first_step(partial(_live_state, members)) as measured:
                     began = time.perf_counter()
-                    losses = _pack_step(executor, group)
+                    losses = stepper.step(members, batches)
                     took = time.perf_counter() - began
-                for (trial, x, _), loss in zip(group, losses, strict=True):
+                for trial, (x, _), loss in zip(members, batches, losses, strict=True):
                     trial.after_step(loss, len(x), took, measured)
-            active = {i: t for i, t in active.items() if t.outcome is None}
-            for i, trial in trials.items():
-                if trial.outcome is not None and i not in outcomes:
-                    leave(i, trial.outcome)
+                active = {i: t for i, t in active.items() if t.outcome is None}
+                for i, trial in trials.items():
+                    if trial.outcome is not None and i not in outcomes:
+                        leave(i, trial.outcome)
+        finally:
+            stepper.release()
         for i, trial in trials.items():  # those over before they started
             if trial.outcome is not None and i not in outcomes:
                 leave(i, trial.outcome)
@@ -118,23 +117,80 @@ def _live_state(trials: list[_Trial]) -> dict[str, Any]:
     return {str(i): t.recipe.state_dict() for i, t in enumerate(trials)}
 
 
-def _pack_step(
-    executor: Executor, group: list[tuple[_Trial, Tensor, Tensor]]
-) -> list[Losses | BaseException]:
-    """One optimiser step of each trial in `group` (one batch size): its losses, or what it
-    raised (a fused step that raises fails every trial in it)."""
-    if executor == "loop" or len(group) == 1:
-        return [_attempt(trial.recipe.train_step, x, y) for trial, x, y in group]
-    recipes = [trial.recipe for trial, _, _ in group]
-    xs, ys = [x for _, x, _ in group], [y for _, _, y in group]
-    try:
-        if all(isinstance(r, ClassifierRecipe) for r in recipes):
-            return list(
-                classifier_step([r for r in recipes if isinstance(r, ClassifierRecipe)], xs, ys)
-            )
-        return list(gan_step([r for r in recipes if isinstance(r, GanRecipe)], xs, ys))
-    except Exception as exc:
-        return [exc] * len(group)
+class _Stepper:
+    """Steps the members of a pack. Fused: one FusedPack step over every member, built anew
+    when the members change (and when they cannot all be fused, or this step's batches
+    differ in size, each member's own train_step). Loop: each member's own train_step.
+    Auto: the first steps of each member set time both (the first of each a warm-up), then
+    the faster is kept until the members change."""
+
+    TIMED = 2  # timed steps of each executor, after its warm-up
+
+    def __init__(self, executor: Executor, device: torch.device) -> None:
+        self.executor, self.device = executor, device
+        self.members: list[_Trial] = []
+        self.fused: FusedPack | None = None
+        self.times: dict[str, list[float]] = {}
+        self.choice: str | None = None
+        self.unfusable = False
+
+    def prepare(self, members: list[_Trial], batches: Sequence[tuple[Tensor, Tensor]]) -> None:
+        """Stack the members' models if they changed (the departed ones get their own
+        storage back first)."""
+        if self.executor == "loop":
+            return
+        if members != self.members:
+            self.release()
+            self.members, self.unfusable = members, False
+            self.times = {"fused": [], "loop": []}
+            self.choice = None if self.executor == "auto" else self.executor
+        uniform = len({len(x) for x, _ in batches}) == 1
+        if self.fused is None and not self.unfusable and len(members) > 1 and uniform:
+            try:
+                self.fused = FusedPack([t.recipe for t in members])
+            except ValueError:  # an optimiser or recipe the fused step does not train
+                self.unfusable = True
+
+    def step(
+        self, members: list[_Trial], batches: Sequence[tuple[Tensor, Tensor]]
+    ) -> list[Losses | BaseException]:
+        """One optimiser step of each member: its losses, or what it raised (a fused step
+        that raises fails every member)."""
+        fused = self.fused
+        if fused is None or len({len(x) for x, _ in batches}) != 1:
+            return self._loop(members, batches)
+        way = self.choice or min(self.times, key=lambda w: len(self.times[w]))
+        began = time.perf_counter()
+        if way == "loop":
+            done = self._loop(members, batches)
+        else:
+            try:
+                done = list(fused.step([x for x, _ in batches], [y for _, y in batches]))
+            except Exception as exc:
+                done = [exc] * len(members)
+        if self.choice is None:
+            self._timed(way, began)
+        return done
+
+    @staticmethod
+    def _loop(
+        members: list[_Trial], batches: Sequence[tuple[Tensor, Tensor]]
+    ) -> list[Losses | BaseException]:
+        return [
+            _attempt(t.recipe.train_step, x, y) for t, (x, y) in zip(members, batches, strict=True)
+        ]
+
+    def _timed(self, way: str, began: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times[way].append(time.perf_counter() - began)
+        if all(len(t) > self.TIMED for t in self.times.values()):  # warm-ups dropped
+            self.choice = min(self.times, key=lambda w: sum(self.times[w][1:]))
+
+    def release(self) -> None:
+        if self.fused is not None:
+            self.fused.release()
+        self.fused, self.members = None, []
 
 
 def _attempt(step: Any, x: Tensor, y: Tensor) -> Losses | BaseException:
@@ -273,128 +329,3 @@ class _Trial:
         self.outcome = exc
         with contextlib.suppress(Exception):
             self.run.flush()
-
-
-# --- the fused step: K trials of one architecture, one vmapped forward per pass
-
-
-class Stacked:
-    """K modules of one architecture called as one: parameters stacked per call (torch.stack
-    of each module's own leaves: differentiable), buffers stacked once per step, updated in
-    place by the vmapped calls (BatchNorm's running statistics), and copied back by
-    write_back()."""
-
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules, self.base = list(modules), modules[0]
-        self.names = [name for name, _ in self.base.named_parameters()]
-        owned = [dict(m.named_buffers()) for m in self.modules]
-        self.buffers = {n: torch.stack([b[n] for b in owned]) for n in owned[0]}
-
-    def params(self, detach: bool = False) -> dict[str, Tensor]:
-        """The current parameters, stacked: (K, *shape) each."""
-        owned = [dict(m.named_parameters()) for m in self.modules]
-        stacked = {n: torch.stack([p[n] for p in owned]) for n in self.names}
-        return {n: t.detach() for n, t in stacked.items()} if detach else stacked
-
-    def __call__(self, params: dict[str, Tensor], *inputs: Tensor | None) -> Tensor:
-        """inputs: (K, N, ...) each; None ones (an unconditional model's label) are left out."""
-        given = tuple(x for x in inputs if x is not None)
-
-        def one(p: dict[str, Tensor], b: dict[str, Tensor], *xs: Tensor) -> Tensor:
-            return functional_call(self.base, (p, b), xs)
-
-        return vmap(one)(params, self.buffers, *given)
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        for i, module in enumerate(self.modules):
-            for name, buffer in module.named_buffers():
-                buffer.copy_(self.buffers[name][i])
-
-
-def _stack(parts: Sequence[Tensor | None]) -> Tensor | None:
-    return None if parts[0] is None else torch.stack([p for p in parts if p is not None])
-
-
-def _bce(out: Tensor, target: Tensor | float) -> Tensor:
-    """(K,) each trial's mean BCE, as its recipe's nn.BCELoss() would give it."""
-    target = target.expand_as(out) if isinstance(target, Tensor) else torch.full_like(out, target)
-    return F.binary_cross_entropy(out, target, reduction="none").flatten(1).mean(1)
-
-
-def classifier_step(
-    recipes: Sequence[ClassifierRecipe], xs: Sequence[Tensor], ys: Sequence[Tensor]
-) -> list[Losses]:
-    """ClassifierRecipe.train_step of every trial at once (one batch size, no micro-batches)."""
-    for r in recipes:
-        r.model.train()
-        r.optimizer.zero_grad(set_to_none=True)
-    net = Stacked([r.model for r in recipes])
-    x = torch.stack([r.prepare(x) for r, x in zip(recipes, xs, strict=True)])
-    target = torch.stack(
-        [F.one_hot(y, r.outputs).float() for r, y in zip(recipes, ys, strict=True)]
-    )
-    loss = _bce(net(net.params(), x), target)
-    loss.sum().backward()  # each trial's gradient is its own loss's: the sum separates
-    net.write_back()
-    for r in recipes:
-        r.optimizer.step()
-    return [{"loss": each} for each in loss.detach().unbind()]
-
-
-def _augment_each(recipes: Sequence[GanRecipe], images: Tensor) -> Tensor:
-    """Each trial's DiffAugment draw (from its own generator) on its own images."""
-    if not any(r.tricks.augment for r in recipes):
-        return images
-    return torch.stack([r._augment(x) for r, x in zip(recipes, images.unbind(), strict=True)])
-
-
-def gan_step(
-    recipes: Sequence[GanRecipe], xs: Sequence[Tensor], ys: Sequence[Tensor]
-) -> list[Losses]:
-    """GanRecipe's fast train_step of every trial at once (one batch size, no micro-batches):
-    D on real and on G(z).detach(), each trial's D update, then G through the updated D, each
-    trial's G update and EMA. Each trial's draws come from its own generator, in its solo
-    order (latents, labels, then the augmentation of real, fake, and fake again for G)."""
-    n = len(xs[0])
-    if any(r.book or r.micro < n for r in recipes):
-        raise ValueError("the fused GAN step trains fast mode without micro-batches only")
-    for r in recipes:
-        r.D.train()
-        r.G.train()
-    zs = [r._seed(n) for r in recipes]
-    fake_labels = [r._random_labels(n) for r in recipes]
-    z, fake_label = torch.stack(zs), _stack(fake_labels)
-    fake_cond = _stack(
-        [r._fake_condition(zk, lk) for r, zk, lk in zip(recipes, zs, fake_labels, strict=True)]
-    )
-    real_cond = _stack([r._real_condition(y) for r, y in zip(recipes, ys, strict=True)])
-    d, g = Stacked([r.D for r in recipes]), Stacked([r.G for r in recipes])
-    for r in recipes:
-        r.opt_d.zero_grad(set_to_none=True)
-    fake = g(g.params(), z, fake_label)
-    g.write_back()  # G's BatchNorm statistics, before the EMA copies them
-    real = _augment_each(
-        recipes, torch.stack([r.prepare(x) for r, x in zip(recipes, xs, strict=True)])
-    )
-    d_params = d.params()
-    out_real = d(d_params, real, real_cond)
-    out_fake = d(d_params, _augment_each(recipes, fake.detach()), fake_cond)
-    smooth = torch.tensor([r.tricks.real_label for r in recipes], device=out_real.device)
-    d_loss = _bce(out_real, smooth.view(-1, 1, 1)) + _bce(out_fake, 0.0)
-    d_loss.sum().backward()
-    for r in recipes:
-        r.opt_d.step()
-        r.opt_g.zero_grad(set_to_none=True)
-    # G through the updated D; D's parameters as constants (solo's gradients into D are
-    # thrown away by its next zero_grad), its BatchNorm statistics updated as solo.
-    out_g = d(d.params(detach=True), _augment_each(recipes, fake), fake_cond)
-    g_loss = _bce(out_g, 1.0)
-    g_loss.sum().backward()
-    d.write_back()
-    for r in recipes:
-        r.opt_g.step()
-        r._update_ema()
-    d_real, d_fake = out_real.detach().flatten(1).mean(1), out_fake.detach().flatten(1).mean(1)
-    parts = zip(d_loss.detach(), g_loss.detach(), d_real, d_fake, strict=True)
-    return [{"d_loss": dl, "g_loss": gl, "d_real": dr, "d_fake": df} for dl, gl, dr, df in parts]
