@@ -4,18 +4,19 @@ step loop, each trial writing exactly what fit() would write for it alone (docs/
 Each trial is built as fit() builds a job: torch.manual_seed(spec.seed), then its recipe, so
 its initial weights are the solo ones; it has its own data order (Batches, its own seed), its
 own step generator (latents, labels, augmentation: GanRecipe.rng), its own optimisers, Monitor
-and Run. Two executors run a pack step:
+and Run. A pack step runs one of:
 
-- "fused": the K trials' parameters stacked (torch.stack of each trial's leaves, so gradients
-  reach each trial's own parameters), one torch.func.vmap of functional_call over them (a
-  convolution over stacked weights runs as one grouped convolution), one backward of the sum
-  of the trials' own mean losses, then each trial's own Adam step. Fast on a GPU.
-- "loop": each trial's own recipe.train_step in turn: exactly solo. Faster on a few CPU cores,
-  where a fused step's stacking and grouped kernels cost more than they save.
+- "fused" (workers/trainer/fused.py): the K trials' weights live in stacked tensors (each
+  trial's modules hold views), one torch.func.vmap forward and one backward over them, and
+  one Adam step with each trial's own hyperparameters. It wins where per-operation overhead
+  dominates: a GPU, small batches on a CPU.
+- "loop": each trial's own recipe.train_step in turn: exactly solo. It wins at large
+  batches on a few CPU cores, where grouped kernels of a few channels are slow.
+- "auto": times both on the first steps of each set of members and keeps the faster.
 
 Trials step from their own steps: after a crash each resumes from its own checkpoint, and a
 pack step takes every trial one step on from where it is (trials at different places in an
-epoch may have batches of different sizes: each size is one group of the step). A trial
+epoch may have batches of different sizes: such a step runs each trial's own). A trial
 leaves the pack when it is done (its own epochs / max_steps), stopped (run.should_stop: its
 outcome is the JobStopped), diverged or failed (the exception); the others go on."""
 
