@@ -110,21 +110,41 @@ def space_problems(spec: SweepSpec, grid_max: int = GRID_MAX_POINTS) -> list[tup
             problems.append(("space", f"the grid has more than {grid_max} points"))
         if problems:
             return problems
-    extremes = {name: _extremes(param) for name, param in spec.space.items()}
-    count = math.prod(len(v) for v in extremes.values())
-    if count <= CORNERS_MAX:
-        points = [
-            dict(zip(extremes, combo, strict=True))
-            for combo in itertools.product(*extremes.values())
-        ]
-    else:  # one parameter at a time, the others at their first extreme
-        first = {name: values[0] for name, values in extremes.items()}
-        points = [{**first, name: v} for name, values in extremes.items() for v in values]
-    for point in points:
+    for point in space_points(spec):
         problem = _point_problem(spec.base, point)
         if problem is not None:
             return [problem]
     return []
+
+
+def space_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The points checked before anything is stored: the corners of the space (a range's
+    two ends, a choice's every value); past CORNERS_MAX corners, each parameter's extremes
+    with the others at their first."""
+    extremes = {name: _extremes(param) for name, param in spec.space.items()}
+    if math.prod(len(v) for v in extremes.values()) <= CORNERS_MAX:
+        return [
+            dict(zip(extremes, combo, strict=True))
+            for combo in itertools.product(*extremes.values())
+        ]
+    first = {name: values[0] for name, values in extremes.items()}
+    return [{**first, name: v} for name, values in extremes.items() for v in values]
+
+
+# What the API checks against the data set catalog (services/api/submit._check_fits).
+FIT_FIELDS = ("dataset", "model", "crop", "resize")
+
+
+def fit_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The space's points (space_points) that the catalog must see: one per distinct value
+    of FIT_FIELDS among them; none when the space leaves those fields to the base."""
+    if not set(spec.space) & set(FIT_FIELDS):
+        return []
+    distinct: dict[str, dict[str, Any]] = {}
+    for point in space_points(spec):
+        key = repr([point.get(name) for name in FIT_FIELDS])
+        distinct.setdefault(key, point)
+    return list(distinct.values())
 
 
 def choice_problem(values: list[Any]) -> str | None:

@@ -40,8 +40,10 @@ from shared.sweeps import (
     TrialRefused,
     TrialsWait,
     default_metric,
+    fit_points,
     idempotency_key,
     space_problems,
+    trial_spec,
     trials_to_run,
 )
 
@@ -114,6 +116,14 @@ class Sweeps:
         except RequestValidationError as exc:
             first = exc.errors()[0]
             _invalid(f"base.{first['loc'][-1]}", first["msg"])
+        for point in fit_points(spec):  # a data set or model the space names: as the base
+            try:
+                await _check_fits(trial_spec(spec.base, point), self.app.catalog, principal.owner)
+            except RequestValidationError as exc:
+                first = exc.errors()[0]
+                name = first["loc"][-1] if first["loc"][-1] in point else next(iter(point))
+                shown = {k: point[k] for k in sorted(point)}
+                _invalid(f"space.{name}", f"the point {shown}: {first['msg']}")
         metric = spec.metric or default_metric(spec.base.task, info.num_classes)
         record = SweepRecord(
             id=new_sweep_id(),

@@ -147,7 +147,10 @@ class SweepRegistry:
         with warnings.catch_warnings():  # the Redis journal is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             backend = JournalRedisBackend(self.redis_url, prefix=self.keys.study(sweep_id))
-            return JournalStorage(backend)
+        # Optuna's backend makes a client of its own (no timeouts, no retries: a Redis that
+        # hangs would hang the sweep's pass); it uses ours, with both (connect_redis).
+        backend._redis = self.redis  # pylint: disable=protected-access
+        return JournalStorage(backend)
 
     # --- records
 

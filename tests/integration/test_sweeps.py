@@ -106,6 +106,11 @@ def test_a_sweep_of_four_trials_ends_with_its_best_trial_named(client: Client) -
         ({"n_trials": 100_000}, "n_trials"),
         ({"n_trials": 257}, "n_trials"),  # past TRAINYARD_SWEEP_MAX_TRIALS
         ({"base": {**TINY, "dataset": "ds-0123456789abcdef"}}, "base.dataset"),
+        # a data set or model the space names is checked against the catalog as the base is
+        (
+            {"space": {"dataset": {"type": "choice", "values": ["fake", "ds-0123456789abcdef"]}}},
+            "space.dataset",
+        ),
         ({"base": {**TINY, "epochs": 0}}, "base.epochs"),
         ({"base": {**TINY, "task": "nope"}}, "base.task"),
         ({"base": {**TINY, "mode": "book", "lr": 0.5, "batch_size": 1}}, "base.lr"),

@@ -22,6 +22,7 @@ from shared.sweeps import (
     TrialReporter,
     TrialsWait,
     default_metric,
+    fit_points,
     grid_values,
     metric_value,
     space_problems,
@@ -79,6 +80,23 @@ def test_a_valid_space_has_no_problems() -> None:
         }
     )
     assert space_problems(ok) == []
+
+
+def test_the_catalog_sees_one_point_per_data_set_and_shape_the_space_names() -> None:
+    """The API checks these against the data set catalog (an upload named in a choice, a
+    resize a model cannot take) before anything is stored; lr and seed leave it alone."""
+    assert fit_points(spec()) == []
+    named = spec(
+        space={
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "dataset": {"type": "choice", "values": ["fake", "mnist-5k", "ds-0123456789abcdef"]},
+        }
+    )
+    assert sorted(p["dataset"] for p in fit_points(named)) == [
+        "ds-0123456789abcdef",
+        "fake",
+        "mnist-5k",
+    ]
 
 
 def test_range_rules_are_checked_by_the_schema() -> None:
