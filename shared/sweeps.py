@@ -131,7 +131,7 @@ def space_points(spec: SweepSpec) -> list[dict[str, Any]]:
     return [{**first, name: v} for name, values in extremes.items() for v in values]
 
 
-# What the API checks against the data set catalog (services/api/submit._check_fits).
+# What the API checks against the data set catalog (services/api/submit.check_fits).
 FIT_FIELDS = ("dataset", "model", "crop", "resize")
 
 

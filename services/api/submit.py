@@ -38,7 +38,7 @@ async def submit(
     images, or a job no memory class can hold; 429 past MAX_QUEUED_PER_OWNER queued jobs or
     PLAN_PROBES_PER_MINUTE new probes; 409 for a key used with another body."""
     settings, registry = app.settings, app.registry
-    info = await _check_fits(spec, app.catalog, owner)
+    info = await check_fits(spec, app.catalog, owner)
     routing = await _plan(app.planner, spec, info, owner)
     job_id = new_job_id()
     queue = routing.queue or settings.QUEUE
@@ -95,7 +95,7 @@ async def _plan(planner: ApiPlanner, spec: JobSpec, info: DatasetInfo, owner: st
         raise ApiProblem(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
 
 
-async def _check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> DatasetInfo:
+async def check_fits(spec: JobSpec, catalog: DatasetCatalog, owner: str) -> DatasetInfo:
     """The data set's shape; 422 when it is unknown or the model cannot take its images
     (e.g. book_conv_gan on 28x28 without resize)."""
     info = BUILTIN_DATASETS.get(spec.dataset)

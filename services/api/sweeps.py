@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 
 from services.api.deps import Services
 from services.api.errors import ApiProblem
-from services.api.submit import _check_fits, submit
+from services.api.submit import check_fits, submit
 from shared.auth import Principal
 from shared.schemas import JobSpec, SweepBest, SweepPublic, SweepSpec, SweepsPublic, SweepTrial
 from shared.state.records import utcnow
@@ -112,13 +112,13 @@ class Sweeps:
         for field, why in space_problems(spec, grid_max):
             _invalid(field, why)
         try:
-            info = await _check_fits(spec.base, self.app.catalog, principal.owner)
+            info = await check_fits(spec.base, self.app.catalog, principal.owner)
         except RequestValidationError as exc:
             first = exc.errors()[0]
             _invalid(f"base.{first['loc'][-1]}", first["msg"])
         for point in fit_points(spec):  # a data set or model the space names: as the base
             try:
-                await _check_fits(trial_spec(spec.base, point), self.app.catalog, principal.owner)
+                await check_fits(trial_spec(spec.base, point), self.app.catalog, principal.owner)
             except RequestValidationError as exc:
                 first = exc.errors()[0]
                 name = first["loc"][-1] if first["loc"][-1] in point else next(iter(point))
