@@ -14,8 +14,10 @@ from shared.schemas import JobSpec
 SHAPE_FIELDS = ("task", "model", "mode", "dataset", "batch_size", "crop", "resize", "device")
 # What each trial of a pack keeps for itself: its optimiser hyperparameters, its randomness,
 # its length and cadences, its label. Fields a spec does not have are skipped, so a field
-# added later (betas, label smoothing, an activation slope) joins this list to vary in a pack;
-# until then, any field named in neither list is part of the key (unknown: never mixed).
+# added later (betas, label smoothing) joins this list to vary in a pack; until then, any
+# field named in neither list is part of the key (unknown: never mixed). Whatever a module
+# holds as an attribute (an activation's slope) must stay in the key: the fused step runs
+# every trial through the first trial's module with the others' tensors.
 PER_TRIAL_FIELDS = frozenset(
     {
         "name",
@@ -23,8 +25,6 @@ PER_TRIAL_FIELDS = frozenset(
         "betas",
         "real_label",
         "label_smoothing",
-        "slope",
-        "negative_slope",
         "seed",
         "epochs",
         "max_steps",

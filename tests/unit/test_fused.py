@@ -6,20 +6,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from shared.config import get_settings
-from shared.schemas import ClassifierSpec, JobSummary
+from shared.schemas import ClassifierSpec, GanSpec, JobSpec, JobSummary
 from workers.trainer import checkpoint
 from workers.trainer.data import Batches, load_dataset
 from workers.trainer.fit import fit
 from workers.trainer.fused import FusedPack, Stack, StackedAdam
 from workers.trainer.models import build_model
 from workers.trainer.pack import _Stepper, fit_pack
-from workers.trainer.recipes import ClassifierRecipe, make_recipe
+from workers.trainer.recipes import ClassifierRecipe, GanTricks, Recipe, make_recipe
 from workers.trainer.run import Run
 
 CPU = torch.device("cpu")
@@ -160,3 +161,83 @@ def test_auto_times_both_executors_then_keeps_the_faster() -> None:
             stepper._timed(faster, time.perf_counter() - 0.01)
             stepper._timed(slower, time.perf_counter() - 0.05)
         assert stepper.choice == faster
+
+
+class _Member:
+    """What _Stepper reads of a pack's trial: its recipe."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+
+
+def _members(base: JobSpec, k: int = 3) -> tuple[list[Any], list[tuple[Tensor, Tensor]]]:
+    data = load_dataset(base.dataset)
+    members, batches = [], []
+    for seed in range(k):
+        spec = base.model_copy(update={"seed": seed})
+        torch.manual_seed(seed)
+        recipe = make_recipe(spec, data, CPU)
+        members.append(_Member(recipe))
+        batches.append(next(Batches(data.train_x, recipe.train_labels, 8, seed).epoch(0)))
+    return members, batches
+
+
+@pytest.mark.parametrize(
+    "base", [ClassifierSpec(dataset="fake", batch_size=8), GanSpec(dataset="fake", batch_size=8)]
+)
+def test_a_trial_gone_non_finite_fails_alone_in_a_fused_pack(base: JobSpec) -> None:
+    """The fused loss covers every trial and BCE refuses a NaN: the step is taken again by
+    each trial's own train_step, so only the trial at fault fails; the rest loop on."""
+    members, batches = _members(base)
+    recipe = members[1].recipe
+    module = recipe.model if isinstance(recipe, ClassifierRecipe) else recipe.D
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    stepper = _Stepper("fused", CPU)
+    stepper.prepare(members, batches)
+    assert stepper.fused is not None
+    outcomes = stepper.step(members, batches)
+    assert isinstance(outcomes[1], BaseException)
+    assert isinstance(outcomes[0], dict) and isinstance(outcomes[2], dict)
+    assert all(torch.isfinite(v).all() for o in (outcomes[0], outcomes[2]) for v in o.values())
+    assert stepper.fused is None  # the members loop until they change
+    stepper.prepare(members, batches)
+    assert stepper.fused is None
+    stepper.release()
+
+
+def test_spectral_norm_models_step_by_the_loop() -> None:
+    """Spectral norm's power iteration writes with out= ops that vmap cannot batch."""
+    data = load_dataset("fake")
+    recipes = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        spec = GanSpec(dataset="fake", batch_size=8, seed=seed)
+        recipes.append(make_recipe(spec, data, CPU, tricks=GanTricks(spectral_norm=True)))
+    with pytest.raises(ValueError, match="spectral norm"):
+        FusedPack(recipes)
+    members: list[Any] = [_Member(r) for r in recipes]
+    batches = [next(Batches(data.train_x, r.train_labels, 8, 0).epoch(0)) for r in recipes]
+    stepper = _Stepper("fused", CPU)
+    stepper.prepare(members, batches)
+    assert stepper.fused is None
+    assert all(isinstance(o, dict) for o in stepper.step(members, batches))
+
+
+def test_auto_frees_the_executor_it_did_not_keep() -> None:
+    """Whichever auto keeps, the other's gradients (and, when the loop wins, the stacks)
+    are gone: one set of gradients per trial, as alone."""
+    members, batches = _members(ClassifierSpec(dataset="fake", batch_size=8))
+    stepper = _Stepper("auto", CPU)
+    for _ in range(2 * (stepper.TIMED + 1)):
+        stepper.prepare(members, batches)
+        stepper.step(members, batches)
+    assert stepper.choice in ("fused", "loop")
+    if stepper.choice == "loop":
+        assert stepper.fused is None
+        stepper.prepare(members, batches)
+        assert stepper.fused is None  # not built again for these members
+    else:
+        assert stepper.fused is not None
+        assert all(p.grad is None for m in members for p in m.recipe.model.parameters())
+    stepper.release()

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 from workers.trainer.recipes import ClassifierRecipe, GanRecipe, Recipe
 
@@ -32,11 +33,15 @@ Losses = dict[str, Tensor]
 
 class Stack:
     """K modules of one architecture whose parameters and buffers are views of stacked
-    tensors, called as one by `stack(*inputs)`. BatchNorm's running statistics (and spectral
-    norm's power-iteration vectors) are updated in place in the stacked buffers, so in each
-    module's own."""
+    tensors, called as one by `stack(*inputs)`. BatchNorm's running statistics are updated in
+    place in the stacked buffers, so in each module's own. Raises ValueError for parametrized
+    modules (spectral norm)."""
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
+        if any(parametrize.is_parametrized(m) for module in modules for m in module.modules()):
+            # Spectral norm's power iteration writes its vectors with out= ops, which vmap
+            # cannot batch: such models step by the loop executor.
+            raise ValueError("the fused step does not train parametrized (spectral norm) models")
         self.modules, self.base = list(modules), modules[0]
         owned = [dict(m.named_parameters()) for m in self.modules]
         self.params = {
@@ -213,6 +218,13 @@ class FusedPack:
         if self.classifiers:
             return classifier_step(self, xs, ys)
         return gan_step(self, xs, ys)
+
+    def free_own_grads(self) -> None:
+        """Drop the gradients the trials' own train_steps left (the loop executor's, timed
+        by auto): the fused step's are on the stacks."""
+        for adam in self.adams:
+            for opt in adam.optimizers:
+                opt.zero_grad(set_to_none=True)
 
     def release(self) -> None:
         for adam in self.adams:

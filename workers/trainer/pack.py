@@ -23,6 +23,7 @@ outcome is the JobStopped), diverged or failed (the exception); the others go on
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -43,6 +44,8 @@ from workers.trainer.recipes import Recipe, make_recipe
 from workers.trainer.run import Run
 
 Executor = Literal["auto", "fused", "loop"]
+
+log = logging.getLogger(__name__)
 
 
 def fit_pack(
@@ -123,7 +126,12 @@ class _Stepper:
     when the members change (and when they cannot all be fused, or this step's batches
     differ in size, each member's own train_step). Loop: each member's own train_step.
     Auto: the first steps of each member set time both (the first of each a warm-up), then
-    the faster is kept until the members change."""
+    the faster is kept until the members change; the other's gradients are freed.
+
+    A fused step that raises (a trial gone non-finite fails the whole batched loss; out of
+    memory) is taken again by each member's own train_step, so only a trial at fault fails,
+    and the members step by the loop until they change. The others' retaken step consumed
+    its random draws and BatchNorm statistics twice: it differs from solo beyond rounding."""
 
     TIMED = 2  # timed steps of each executor, after its warm-up
 
@@ -146,21 +154,24 @@ class _Stepper:
             self.times = {"fused": [], "loop": []}
             self.choice = None if self.executor == "auto" else self.executor
         uniform = len({len(x) for x, _ in batches}) == 1
-        if self.fused is None and not self.unfusable and len(members) > 1 and uniform:
+        wanted = not self.unfusable and self.choice != "loop" and len(members) > 1
+        if self.fused is None and wanted and uniform:
             try:
                 self.fused = FusedPack([t.recipe for t in members])
-            except ValueError:  # an optimiser or recipe the fused step does not train
+            except Exception as exc:  # a recipe or optimiser it does not train; no memory
+                log.info("pack of %d steps by the loop: %s", len(members), exc)
                 self.unfusable = True
 
     def step(
         self, members: list[_Trial], batches: Sequence[tuple[Tensor, Tensor]]
     ) -> list[Losses | BaseException]:
-        """One optimiser step of each member: its losses, or what it raised (a fused step
-        that raises fails every member)."""
+        """One optimiser step of each member: its losses, or what it raised."""
         fused = self.fused
         if fused is None or len({len(x) for x, _ in batches}) != 1:
             return self._loop(members, batches)
         way = self.choice or min(self.times, key=lambda w: len(self.times[w]))
+        if self.choice is None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # time this step's work alone
         began = time.perf_counter()
         if way == "loop":
             done = self._loop(members, batches)
@@ -168,7 +179,12 @@ class _Stepper:
             try:
                 done = list(fused.step([x for x, _ in batches], [y for _, y in batches]))
             except Exception as exc:
-                done = [exc] * len(members)
+                log.warning(
+                    "fused step of %d failed (%r): each trial steps alone", len(members), exc
+                )
+                self._drop_fused()
+                self.unfusable = True
+                return self._loop(members, batches)
         if self.choice is None:
             self._timed(way, began)
         return done
@@ -187,11 +203,19 @@ class _Stepper:
         self.times[way].append(time.perf_counter() - began)
         if all(len(t) > self.TIMED for t in self.times.values()):  # warm-ups dropped
             self.choice = min(self.times, key=lambda w: sum(self.times[w][1:]))
+            if self.choice == "loop":
+                self._drop_fused()  # its stacked gradients, too
+            elif self.fused is not None:
+                self.fused.free_own_grads()
 
-    def release(self) -> None:
+    def _drop_fused(self) -> None:
         if self.fused is not None:
             self.fused.release()
-        self.fused, self.members = None, []
+        self.fused = None
+
+    def release(self) -> None:
+        self._drop_fused()
+        self.members = []
 
 
 def _attempt(step: Any, x: Tensor, y: Tensor) -> Losses | BaseException:
