@@ -140,8 +140,7 @@ class _Stepper:
         self.members: list[_Trial] = []
         self.fused: FusedPack | None = None
         self.times: dict[str, list[float]] = {}
-        self.choice: str | None = None
-        self.unfusable = False
+        self.choice: str | None = None  # "loop" too once the members cannot be fused
 
     def prepare(self, members: list[_Trial], batches: Sequence[tuple[Tensor, Tensor]]) -> None:
         """Stack the members' models if they changed (the departed ones get their own
@@ -150,17 +149,16 @@ class _Stepper:
             return
         if members != self.members:
             self.release()
-            self.members, self.unfusable = members, False
+            self.members = members
             self.times = {"fused": [], "loop": []}
             self.choice = None if self.executor == "auto" else self.executor
         uniform = len({len(x) for x, _ in batches}) == 1
-        wanted = not self.unfusable and self.choice != "loop" and len(members) > 1
-        if self.fused is None and wanted and uniform:
+        if self.fused is None and self.choice != "loop" and len(members) > 1 and uniform:
             try:
                 self.fused = FusedPack([t.recipe for t in members])
             except Exception as exc:  # a recipe or optimiser it does not train; no memory
                 log.info("pack of %d steps by the loop: %s", len(members), exc)
-                self.unfusable = True
+                self.choice = "loop"
 
     def step(
         self, members: list[_Trial], batches: Sequence[tuple[Tensor, Tensor]]
@@ -183,7 +181,7 @@ class _Stepper:
                     "fused step of %d failed (%r): each trial steps alone", len(members), exc
                 )
                 self._drop_fused()
-                self.unfusable = True
+                self.choice = "loop"
                 return self._loop(members, batches)
         if self.choice is None:
             self._timed(way, began)
